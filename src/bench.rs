@@ -1,0 +1,200 @@
+//! `uwe-connect bench`: the encoder's speed beside a bare ONNX Runtime session on the same
+//! texts in the same run, and the cost of ranking one sentence against ESCO skills.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::encoder::{runtime, Encoder, EncoderConfig};
+use crate::error::{ModelError, Result};
+use crate::model::{graph, ModelDir, ScorerSpec};
+use crate::rank::rank;
+use crate::space::{cache, TargetSpace};
+
+/// Feeds padded batches of pre-tokenised ids to a bare session; returns texts/s and tokens/s.
+fn bare(
+    session: &mut ort::session::Session,
+    ids: &[Vec<u32>],
+    batch: usize,
+    cls: u32,
+    sep: u32,
+) -> Result<(f64, f64)> {
+    let rt = |e: ort::Error| ModelError::Runtime(e.to_string());
+    let t0 = Instant::now();
+    let mut tokens = 0usize;
+    for chunk in ids.chunks(batch) {
+        let seq = chunk.iter().map(|c| c.len() + 2).max().unwrap_or(2);
+        let mut input = vec![0i64; chunk.len() * seq];
+        let mut mask = vec![0i64; chunk.len() * seq];
+        for (r, c) in chunk.iter().enumerate() {
+            input[r * seq] = cls as i64;
+            for (k, &t) in c.iter().enumerate() {
+                input[r * seq + k + 1] = t as i64;
+            }
+            input[r * seq + c.len() + 1] = sep as i64;
+            mask[r * seq..r * seq + c.len() + 2].fill(1);
+            tokens += c.len() + 2;
+        }
+        let shape = vec![chunk.len() as i64, seq as i64];
+        let a = ort::value::Tensor::from_array((shape.clone(), input)).map_err(rt)?;
+        let m = ort::value::Tensor::from_array((shape, mask)).map_err(rt)?;
+        let out = session
+            .run(ort::inputs!["input_ids" => a, "attention_mask" => m])
+            .map_err(rt)?;
+        let _ = out[graph::OUTPUT_POOLED]
+            .try_extract_tensor::<f32>()
+            .map_err(rt)?;
+    }
+    let s = t0.elapsed().as_secs_f64();
+    Ok((ids.len() as f64 / s, tokens as f64 / s))
+}
+
+/// Runs the benchmark and prints its figures.
+pub fn run_encoder_bench(
+    cfg: &EncoderConfig,
+    model: &Path,
+    data_dir: &Path,
+    cache_dir: &Path,
+    n: usize,
+) -> Result<()> {
+    let dir = ModelDir::open(model)?;
+    let mut cfg = cfg.clone();
+    cfg.cache_bytes = 0;
+    cfg.max_batch_size = 32;
+    cfg.max_batch_tokens = 32 * 130;
+    let mut enc = Encoder::load(&dir, &cfg)?;
+    let (mut session, device) = runtime::build_session(&dir.onnx_path(), &cfg)?;
+    let mut tok = tokenizers::Tokenizer::from_file(dir.tokenizer_path())
+        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    tok.with_padding(None);
+    let _ = tok.with_truncation(None);
+    let cls = tok.token_to_id("[CLS]").unwrap_or(101);
+    let sep = tok.token_to_id("[SEP]").unwrap_or(102);
+
+    let skills = Arc::new(TargetSpace::resolve("esco-skills", data_dir)?);
+    let occupations = TargetSpace::resolve("esco-occupations", data_dir)?;
+    // Short texts: occupation alternative labels (job-title-like, about 5 to 12 tokens).
+    let short: Vec<String> = occupations
+        .concepts
+        .iter()
+        .flat_map(|c| c.aliases.iter().take(1).cloned())
+        .take(n)
+        .collect();
+    // 128-token texts: skill descriptions joined and cut at 126 word pieces.
+    let mut long = Vec::new();
+    let mut buf = String::new();
+    for c in &skills.concepts {
+        if long.len() >= n / 4 {
+            break;
+        }
+        buf.push_str(c.description.as_deref().unwrap_or(&c.label));
+        buf.push(' ');
+        let e = tok
+            .encode(buf.as_str(), false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        if e.len() >= 126 {
+            let end = e.get_offsets()[125].1;
+            long.push(buf[..end].to_string());
+            buf.clear();
+        }
+    }
+    let ids = |texts: &[String]| -> Result<Vec<Vec<u32>>> {
+        texts
+            .iter()
+            .map(|t| {
+                Ok(tok
+                    .encode(t.as_str(), false)
+                    .map_err(|e| ModelError::Tokenizer(e.to_string()))?
+                    .get_ids()
+                    .to_vec())
+            })
+            .collect()
+    };
+    let short_ids = ids(&short)?;
+    let long_ids = ids(&long)?;
+    println!(
+        "device: {device:?}, threads: {}, model: {} {}",
+        if cfg.intra_threads == 0 {
+            "all".to_string()
+        } else {
+            cfg.intra_threads.to_string()
+        },
+        dir.manifest.name,
+        dir.manifest.version
+    );
+    // Warm-up both.
+    bare(
+        &mut session,
+        &short_ids[..32.min(short_ids.len())],
+        32,
+        cls,
+        sep,
+    )?;
+    enc.encode(&short[..32.min(short.len())])?;
+    for (name, texts, tids) in [
+        ("short", &short, &short_ids),
+        ("128-token", &long, &long_ids),
+    ] {
+        let avg = tids.iter().map(|t| t.len() + 2).sum::<usize>() as f64 / tids.len().max(1) as f64;
+        let (bt, btok) = bare(&mut session, tids, 32, cls, sep)?;
+        let t0 = Instant::now();
+        enc.encode(texts)?;
+        let s = t0.elapsed().as_secs_f64();
+        let et = texts.len() as f64 / s;
+        println!(
+            "{name:>9} texts (n={}, {avg:.1} tokens avg), batch 32: bare session {bt:.0} texts/s {btok:.0} tokens/s | encoder (tokenisation included) {et:.0} texts/s {:.0} tokens/s | encoder/bare {:.3}",
+            texts.len(),
+            et * avg,
+            et / bt
+        );
+    }
+
+    // Ranking one sentence against all skills, beside encoding it.
+    let space = cache::load_or_encode(skills, &mut enc, cache_dir, true)?;
+    let sentences: Vec<String> = long
+        .iter()
+        .take(50)
+        .map(|t| t.split(". ").next().unwrap_or(t).to_string())
+        .collect();
+    let t0 = Instant::now();
+    let mut embs = Vec::new();
+    for s in &sentences {
+        embs.push(enc.encode(&[s.as_str()])?.remove(0));
+    }
+    let enc_ms = t0.elapsed().as_secs_f64() * 1000.0 / sentences.len() as f64;
+    let tau = match dir.manifest.scorer {
+        ScorerSpec::Late { temperature, .. } => temperature,
+        ScorerSpec::Pooled => 0.05,
+    };
+    let timing = |scorer: ScorerSpec| {
+        let t0 = Instant::now();
+        let r: Vec<_> = embs.iter().map(|e| rank(&space, e, 10, scorer)).collect();
+        (t0.elapsed().as_secs_f64() * 1000.0 / embs.len() as f64, r)
+    };
+    let (p_ms, _) = timing(ScorerSpec::Pooled);
+    let (l_ms, reranked) = timing(ScorerSpec::Late {
+        temperature: tau,
+        rerank_top: 100,
+    });
+    let (x_ms, exhaustive) = timing(ScorerSpec::Late {
+        temperature: tau,
+        rerank_top: 0,
+    });
+    let agree: f64 = reranked
+        .iter()
+        .zip(&exhaustive)
+        .map(|(a, b)| {
+            a.iter()
+                .filter(|h| b.iter().any(|g| g.index == h.index))
+                .count() as f64
+                / b.len().max(1) as f64
+        })
+        .sum::<f64>()
+        / reranked.len().max(1) as f64;
+    println!(
+        "one sentence vs {} skills: encode {enc_ms:.2} ms | rank pooled {p_ms:.2} ms | late rerank top 100 {l_ms:.2} ms | late exhaustive {x_ms:.1} ms | top-10 overlap rerank vs exhaustive {:.1}%",
+        space.len(),
+        agree * 100.0
+    );
+    Ok(())
+}

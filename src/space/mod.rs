@@ -1,0 +1,260 @@
+//! Target spaces: the concepts texts are ranked against (ESCO skills, ESCO occupations, or
+//! a user's own taxonomy), and their embeddings, computed once per (model, space) and kept
+//! in a disk cache.
+
+pub mod cache;
+
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ModelError, Result};
+use crate::model::TargetText;
+
+/// ESCO version the repository ships.
+pub const ESCO_VERSION: &str = "esco-v1.1.1";
+/// Path of the ESCO classification zip, relative to the data directory.
+pub const ESCO_ZIP: &str = "esco/v1.1.1/esco_v1.1.1_classification_en_csv.zip";
+
+/// One concept of a target space.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Concept {
+    /// Stable id (a concept URI for ESCO).
+    pub id: String,
+    /// Preferred label.
+    pub label: String,
+    /// Alternative labels.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Free-text description.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A named list of concepts with a content hash.
+#[derive(Debug, Clone)]
+pub struct TargetSpace {
+    /// Name used in records and metrics (`esco-skills`, `esco-occupations`, or the file stem).
+    pub name: String,
+    /// Taxonomy version carried by enriched records.
+    pub taxonomy_version: String,
+    /// The concepts.
+    pub concepts: Vec<Concept>,
+    /// sha256 over the concepts' content.
+    pub sha256: String,
+}
+
+impl TargetSpace {
+    fn new(name: String, taxonomy_version: String, concepts: Vec<Concept>) -> Self {
+        let mut h = Sha256::new();
+        for c in &concepts {
+            h.update(c.id.as_bytes());
+            h.update([0]);
+            h.update(c.label.as_bytes());
+            h.update([0]);
+            for a in &c.aliases {
+                h.update(a.as_bytes());
+                h.update([1]);
+            }
+            h.update(c.description.as_deref().unwrap_or("").as_bytes());
+            h.update([2]);
+        }
+        TargetSpace {
+            name,
+            taxonomy_version,
+            concepts,
+            sha256: hex::encode(h.finalize()),
+        }
+    }
+
+    /// The text embedded for a concept.
+    pub fn text_of(&self, i: usize, how: TargetText) -> String {
+        let c = &self.concepts[i];
+        match (how, &c.description) {
+            (TargetText::LabelDescription, Some(d)) if !d.is_empty() => format!("{}: {d}", c.label),
+            _ => c.label.clone(),
+        }
+    }
+
+    /// Resolves a space name: `esco-skills`, `esco-occupations`, or a path to a JSONL file.
+    pub fn resolve(spec: &str, data_dir: &Path) -> Result<Self> {
+        match spec {
+            "esco-skills" => load_esco(data_dir, "skills_en.csv", "esco-skills"),
+            "esco-occupations" => load_esco(data_dir, "occupations_en.csv", "esco-occupations"),
+            path => load_jsonl(Path::new(path)),
+        }
+    }
+}
+
+/// The directory holding `esco/` and the evaluation sets: `UWE_DATA_DIR`, else `./data`.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("UWE_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("data"))
+}
+
+/// Reads one member of the ESCO classification zip.
+pub fn read_esco_member(data_dir: &Path, member: &str) -> Result<Vec<u8>> {
+    let zpath = data_dir.join(ESCO_ZIP);
+    let f = std::fs::File::open(&zpath).map_err(ModelError::io(&zpath))?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| ModelError::BadLine {
+        path: zpath.clone(),
+        line: 0,
+        msg: format!("not a readable zip: {e}"),
+    })?;
+    let mut entry = zip.by_name(member).map_err(|e| ModelError::BadLine {
+        path: zpath.clone(),
+        line: 0,
+        msg: format!("no member {member}: {e}"),
+    })?;
+    let mut buf = Vec::new();
+    entry
+        .read_to_end(&mut buf)
+        .map_err(ModelError::io(&zpath))?;
+    Ok(buf)
+}
+
+fn load_esco(data_dir: &Path, member: &str, name: &str) -> Result<TargetSpace> {
+    let bytes = read_esco_member(data_dir, member)?;
+    let path = data_dir.join(ESCO_ZIP).join(member);
+    let mut rdr = csv::Reader::from_reader(bytes.as_slice());
+    let headers = rdr.headers().map_err(|e| ModelError::BadLine {
+        path: path.clone(),
+        line: 1,
+        msg: e.to_string(),
+    })?;
+    let col = |n: &str| {
+        headers
+            .iter()
+            .position(|h| h == n)
+            .ok_or_else(|| ModelError::BadLine {
+                path: path.clone(),
+                line: 1,
+                msg: format!("no column {n}"),
+            })
+    };
+    let (uri, pref, alt, desc) = (
+        col("conceptUri")?,
+        col("preferredLabel")?,
+        col("altLabels")?,
+        col("description")?,
+    );
+    let mut concepts = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = rec.map_err(|e| ModelError::BadLine {
+            path: path.clone(),
+            line: i + 2,
+            msg: e.to_string(),
+        })?;
+        let get = |k: usize| rec.get(k).unwrap_or("").trim().to_string();
+        let aliases = get(alt)
+            .lines()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let d = get(desc);
+        concepts.push(Concept {
+            id: get(uri),
+            label: get(pref),
+            aliases,
+            description: (!d.is_empty()).then_some(d),
+        });
+    }
+    Ok(TargetSpace::new(name.into(), ESCO_VERSION.into(), concepts))
+}
+
+/// Loads a custom space: one JSON object per line, `{"id", "label", "aliases"?, "description"?}`.
+pub fn load_jsonl(path: &Path) -> Result<TargetSpace> {
+    let f = std::fs::File::open(path).map_err(ModelError::io(path))?;
+    let mut concepts = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let bad = |msg: String| ModelError::BadLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            msg,
+        };
+        let line = line.map_err(|e| bad(format!("unreadable line: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let c: Concept = serde_json::from_str(&line).map_err(|e| {
+            bad(format!(
+                "expected {{\"id\", \"label\", \"aliases\"?, \"description\"?}}: {e}"
+            ))
+        })?;
+        if c.id.trim().is_empty() || c.label.trim().is_empty() {
+            return Err(bad("id and label must not be empty".into()));
+        }
+        if !seen.insert(c.id.clone()) {
+            return Err(bad(format!("duplicate id {:?}", c.id)));
+        }
+        concepts.push(c);
+    }
+    if concepts.is_empty() {
+        return Err(ModelError::BadLine {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: "the space has no concepts".into(),
+        });
+    }
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "custom".into());
+    Ok(TargetSpace::new(
+        name.clone(),
+        format!("custom:{name}"),
+        concepts,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_bad_line_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tax.jsonl");
+        std::fs::write(
+            &p,
+            "{\"id\":\"a\",\"label\":\"welding\"}\n\n{\"id\":\"b\",\"labl\":\"x\"}\n",
+        )
+        .unwrap();
+        let e = load_jsonl(&p).unwrap_err().to_string();
+        assert!(e.contains("tax.jsonl:3:"), "{e}");
+    }
+
+    #[test]
+    fn jsonl_loads_and_hashes_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tax.jsonl");
+        std::fs::write(
+            &p,
+            "{\"id\":\"a\",\"label\":\"welding\",\"aliases\":[\"weld\"]}\n",
+        )
+        .unwrap();
+        let s1 = load_jsonl(&p).unwrap();
+        assert_eq!(s1.concepts[0].aliases, vec!["weld"]);
+        std::fs::write(&p, "{\"id\":\"a\",\"label\":\"welding\"}\n").unwrap();
+        let s2 = load_jsonl(&p).unwrap();
+        assert_ne!(s1.sha256, s2.sha256);
+    }
+
+    #[test]
+    fn esco_spaces_load_from_the_repo() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+        let s = TargetSpace::resolve("esco-skills", &dir).unwrap();
+        assert_eq!(s.concepts.len(), 13896);
+        let o = TargetSpace::resolve("esco-occupations", &dir).unwrap();
+        assert_eq!(o.concepts.len(), 3007);
+        assert!(o
+            .concepts
+            .iter()
+            .all(|c| c.id.starts_with("http://data.europa.eu/esco/occupation/")));
+    }
+}

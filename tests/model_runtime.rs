@@ -1,0 +1,185 @@
+//! The model runtime against the real all-MiniLM-L6-v2 weights and ONNX Runtime.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use uwe_connect::encoder::Encoder;
+use uwe_connect::error::ModelError;
+use uwe_connect::model::{ModelDir, ScorerSpec};
+use uwe_connect::rank::rank;
+use uwe_connect::space::{cache, load_jsonl};
+
+fn cos(a: &[f32], b: &[f32]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    d / (na * nb)
+}
+
+#[test]
+fn pooled_embeddings_match_sentence_transformers() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/data/st_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let texts: Vec<String> = serde_json::from_value(reference["texts"].clone()).unwrap();
+    let want: Vec<Vec<f32>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
+    let mut enc = base_encoder();
+    let got = enc.encode(&texts).unwrap();
+    for ((t, g), w) in texts.iter().zip(&got).zip(&want) {
+        let c = cos(&g.pooled, w);
+        assert!(c > 0.9999, "cosine {c} for {t:?}");
+        assert_eq!(g.n_windows, 1);
+    }
+}
+
+#[test]
+fn batching_does_not_change_embeddings() {
+    let mut enc = base_encoder();
+    let texts = [
+        "nurse",
+        "We use Kubernetes, Terraform and AWS every day to ship our platform.",
+        "chef de partie",
+    ];
+    let batched = enc.encode(&texts).unwrap();
+    for (t, b) in texts.iter().zip(&batched) {
+        let single = enc.encode(&[format!("{t} ")]).unwrap().remove(0);
+        assert!(cos(&single.pooled, &b.pooled) > 0.99999, "{t}");
+        assert_eq!(single.n_tokens, b.n_tokens);
+    }
+}
+
+#[test]
+fn long_text_is_split_into_windows_not_truncated() {
+    let mut enc = base_encoder();
+    let sentence = "You will maintain our Java services and mentor junior engineers. ";
+    let text = sentence.repeat(300); // thousands of word pieces
+    let e = enc.encode(&[text.as_str()]).unwrap().remove(0);
+    let pieces = enc.count_tokens(&text).unwrap();
+    let window = enc.manifest().max_seq_len - 2;
+    // Windows end at sentence boundaries, so there are at least as many as a plain cut makes.
+    assert!(
+        e.n_windows >= pieces.div_ceil(window) && e.n_windows > 1,
+        "windows {} for {pieces} pieces",
+        e.n_windows
+    );
+    assert_eq!(e.n_tokens, pieces, "every word piece has an embedding");
+    let one = enc
+        .encode(&[sentence.trim(), "prepare meals in a restaurant kitchen"])
+        .unwrap();
+    let (same, other) = (
+        cos(&e.pooled, &one[0].pooled),
+        cos(&e.pooled, &one[1].pooled),
+    );
+    assert!(
+        same > 0.6 && same > other + 0.4,
+        "same {same}, other {other}"
+    );
+}
+
+#[test]
+fn empty_text_has_no_labels() {
+    let mut enc = base_encoder();
+    let space = Arc::new(load_jsonl(&root().join("tests/data/tiny_space.jsonl")).unwrap());
+    let s = cache::encode(space, &mut enc, false).unwrap();
+    for t in ["", "   \n\t"] {
+        let e = enc.encode(&[t]).unwrap().remove(0);
+        assert!(e.is_empty());
+        assert!(rank(&s, &e, 5, ScorerSpec::Pooled).is_empty());
+    }
+}
+
+#[test]
+fn custom_space_ranks_and_caches_on_disk() {
+    let mut enc = base_encoder();
+    let dir = tempfile::tempdir().unwrap();
+    let space = Arc::new(load_jsonl(&root().join("tests/data/tiny_space.jsonl")).unwrap());
+    let a = cache::load_or_encode(space.clone(), &mut enc, dir.path(), false).unwrap();
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "one cache file written");
+    let b = cache::load_or_encode(space.clone(), &mut enc, dir.path(), false).unwrap();
+    assert_eq!(a.pooled, b.pooled);
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.offsets, b.offsets);
+    let q = enc
+        .encode(&["We need someone who can weld steel pipes"])
+        .unwrap()
+        .remove(0);
+    for scorer in [
+        ScorerSpec::Pooled,
+        ScorerSpec::Late {
+            temperature: 0.05,
+            rerank_top: 2,
+        },
+    ] {
+        let hits = rank(&b, &q, 3, scorer);
+        assert_eq!(space.concepts[hits[0].index].id, "weld", "{scorer:?}");
+    }
+    // A corrupt cache file is detected and recomputed.
+    let f = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&f).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&f, bytes).unwrap();
+    let c = cache::load_or_encode(space, &mut enc, dir.path(), false).unwrap();
+    assert_eq!(a.pooled, c.pooled);
+}
+
+fn copy_model(to: &std::path::Path) {
+    for f in ["manifest.json", "model.onnx", "tokenizer.json"] {
+        std::fs::copy(base_model_dir().join(f), to.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn corrupt_model_file_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    let p = dir.path().join("model.onnx");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[1000] ^= 0x5a;
+    std::fs::write(&p, &bytes).unwrap();
+    let e = ModelDir::open(dir.path()).unwrap_err();
+    assert!(matches!(e, ModelError::Checksum { .. }), "{e}");
+    assert!(e.to_string().contains("model.onnx"), "{e}");
+
+    // Garbage whose checksum is (re)recorded still fails cleanly in ONNX Runtime.
+    std::fs::write(&p, b"not an onnx graph").unwrap();
+    let mpath = dir.path().join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    m["files"]["model.onnx"] = uwe_connect::model::sha256_bytes(b"not an onnx graph").into();
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    let dirm = ModelDir::open(dir.path()).unwrap();
+    let e = Encoder::load(&dirm, &cpu_config())
+        .err()
+        .expect("garbage graph refused");
+    assert!(e.to_string().contains("model.onnx"), "{e}");
+
+    // A missing file names itself.
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let e = ModelDir::open(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("tokenizer.json"), "{e}");
+}
+
+#[test]
+fn tokenizer_model_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    let mpath = dir.path().join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    m["bert"]["vocab_size"] = 1000.into();
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    let e = Encoder::load(&ModelDir::open(dir.path()).unwrap(), &cpu_config())
+        .err()
+        .expect("mismatch refused");
+    assert!(e.to_string().contains("do not match"), "{e}");
+}
