@@ -12,6 +12,7 @@
 //!   cache) and the service that runs it on its own thread.
 //! - [`space`]: target spaces and the disk cache of their embeddings.
 //! - [`rank`]: pooled and soft late-interaction scoring.
+//! - [`connector`]: the Kafka pipeline (config, codec, batcher, enrichment, sink, topology).
 //! - [`eval`]: MAP / RP@k / MRR on task files, dev-set converters.
 //! - [`text`]: sentence spans.
 //! - [`telemetry`]: every metric name, in one place.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod connector;
 pub mod encoder;
 pub mod error;
 pub mod eval;

@@ -35,3 +35,62 @@ pub fn encode_batch(size: usize, tokens: usize, took: Duration) {
 pub fn query_cache(hit: bool) {
     metrics::counter!(QUERY_CACHE_TOTAL, "result" => if hit { "hit" } else { "miss" }).increment(1);
 }
+
+/// Events read from the input topics, by `pipeline`.
+pub const RECORDS_IN_TOTAL: &str = "uwe_records_in_total";
+/// Enriched records acknowledged by the broker, by `pipeline`.
+pub const RECORDS_OUT_TOTAL: &str = "uwe_records_out_total";
+/// Dead letters acknowledged by the broker, by `pipeline` and `reason`.
+pub const RECORDS_DEAD_LETTERED_TOTAL: &str = "uwe_records_dead_lettered_total";
+/// Events per pipeline batch.
+pub const BATCH_EVENTS: &str = "uwe_batch_events";
+/// Estimated tokens per pipeline batch.
+pub const BATCH_TOKENS: &str = "uwe_batch_tokens";
+/// Seconds spent ranking one batch.
+pub const RANK_SECONDS: &str = "uwe_rank_seconds";
+/// Seconds from the event's Kafka timestamp to the output's acknowledgement.
+pub const END_TO_END_LATENCY_SECONDS: &str = "uwe_end_to_end_latency_seconds";
+/// Consumer lag summed over assigned partitions, by `pipeline`.
+pub const CONSUMER_LAG_MESSAGES: &str = "uwe_consumer_lag_messages";
+/// Events accepted and not yet acknowledged, by `pipeline`.
+pub const IN_FLIGHT_EVENTS: &str = "uwe_in_flight_events";
+/// Produce attempts retried after a transient failure, by `pipeline`.
+pub const DELIVERY_RETRIES_TOTAL: &str = "uwe_delivery_retries_total";
+/// 1 for the serving model version, by `pipeline` and `version`.
+pub const MODEL_INFO: &str = "uwe_model_info";
+
+/// Registers descriptions of the connector's metrics.
+pub fn describe_connector() {
+    describe();
+    metrics::describe_counter!(RECORDS_IN_TOTAL, "Events read from the input topics");
+    metrics::describe_counter!(
+        RECORDS_OUT_TOTAL,
+        "Enriched records acknowledged by the broker"
+    );
+    metrics::describe_counter!(
+        RECORDS_DEAD_LETTERED_TOTAL,
+        "Dead letters acknowledged by the broker"
+    );
+    metrics::describe_histogram!(BATCH_EVENTS, "Events per batch");
+    metrics::describe_histogram!(BATCH_TOKENS, "Estimated tokens per batch");
+    metrics::describe_histogram!(
+        RANK_SECONDS,
+        metrics::Unit::Seconds,
+        "Ranking time per batch"
+    );
+    metrics::describe_histogram!(
+        END_TO_END_LATENCY_SECONDS,
+        metrics::Unit::Seconds,
+        "From the event's Kafka timestamp to its output's acknowledgement"
+    );
+    metrics::describe_gauge!(
+        CONSUMER_LAG_MESSAGES,
+        "Consumer lag over assigned partitions"
+    );
+    metrics::describe_gauge!(IN_FLIGHT_EVENTS, "Events accepted and not yet acknowledged");
+    metrics::describe_counter!(
+        DELIVERY_RETRIES_TOTAL,
+        "Produce attempts retried after a transient failure"
+    );
+    metrics::describe_gauge!(MODEL_INFO, "1 for the serving model version");
+}

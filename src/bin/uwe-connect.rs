@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use uwe_connect::connector::{http, PipelineConfig};
 use uwe_connect::encoder::{Device, Encoder, EncoderConfig};
 use uwe_connect::model::{self, BuildSpec, ModelDir, ScorerSpec, TargetText};
 use uwe_connect::space::{cache, TargetSpace};
@@ -117,6 +118,22 @@ impl ScorerArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a pipeline: consume events, enrich them, publish enriched records (SIGTERM/SIGINT drain and commit).
+    ///
+    /// Example: uwe-connect run --config connectors/vacancies.toml
+    Run {
+        /// Pipeline file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a pipeline file and say what is wrong.
+    ///
+    /// Example: uwe-connect check --config connectors/cvs.toml
+    Check {
+        /// Pipeline file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Score a model on a task file: prints one JSON line with n, MAP, RP@5, RP@10, MRR.
     ///
     /// Example: uwe-connect eval --space esco-occupations --tasks data/eval/job_normalization_dev.jsonl
@@ -232,8 +249,70 @@ fn main() -> ExitCode {
     }
 }
 
+async fn run_pipeline(cfg: PipelineConfig) -> anyhow::Result<()> {
+    let handle = http::install_recorder();
+    let health = Arc::new(http::Health::default());
+    if !cfg.http.listen.is_empty() {
+        http::serve(&cfg.http.listen, handle.clone(), health.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "http.listen {}: cannot bind; change it or free the port",
+                    cfg.http.listen
+                )
+            })?;
+    }
+    // Histogram upkeep for the Prometheus recorder.
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            handle.run_upkeep();
+        }
+    });
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutdown requested: draining in-flight work");
+        let _ = tx.send(true);
+    });
+    uwe_connect::connector::run(cfg, rx, health).await?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = PipelineConfig::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run_pipeline(cfg))?;
+        }
+        Cmd::Check { config } => {
+            let cfg = PipelineConfig::load(&config)?;
+            uwe_connect::connector::codec::Codec::new(&cfg.codec, cfg.pipeline.event_type)?;
+            for t in &cfg.targets {
+                TargetSpace::resolve(&t.space, &cfg.model.data_dir)
+                    .with_context(|| format!("targets {:?}: space {:?}", t.name, t.space))?;
+            }
+            ModelDir::open(&cfg.model.dir)
+                .with_context(|| format!("model.dir {}", cfg.model.dir.display()))?;
+            println!(
+                "{}: ok (pipeline {}, {} events from {:?} to {}, dead letters to {}, {:?})",
+                config.display(),
+                cfg.pipeline.name,
+                cfg.pipeline.event_type.as_str(),
+                cfg.kafka.input_topics,
+                cfg.kafka.output_topic,
+                cfg.kafka.dead_letter_topic,
+                cfg.kafka.delivery
+            );
+        }
         Cmd::Eval {
             space,
             tasks,

@@ -38,3 +38,365 @@ pub fn open_base() -> ModelDir {
 pub fn base_encoder() -> Encoder {
     Encoder::load(&open_base(), &cpu_config()).expect("load encoder")
 }
+
+// ---- Kafka helpers: the real broker started by scripts/test ----
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::TopicPartitionList;
+
+/// The test broker's address.
+pub fn broker() -> String {
+    std::env::var("UWE_TEST_BROKER").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A name unique to this test run.
+pub fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), n % 1_000_000_000)
+}
+
+/// Creates topics with `partitions` partitions each.
+pub fn create_topics(names: &[&str], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .expect("admin client");
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt
+        .block_on(admin.create_topics(&topics, &AdminOptions::new()))
+        .expect("create topics");
+    for r in res {
+        r.expect("topic created");
+    }
+}
+
+/// A synchronous producer for test input.
+pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .create()
+        .expect("producer")
+}
+
+/// Produces `(key, payload)` to `topic` round-robin over `partitions` partitions, and waits for acks.
+pub fn produce(topic: &str, partitions: i32, events: &[(String, Vec<u8>)]) {
+    let p = producer();
+    for (i, (k, v)) in events.iter().enumerate() {
+        let mut rec = BaseRecord::to(topic)
+            .key(k.as_bytes())
+            .payload(v)
+            .partition(i as i32 % partitions);
+        rec = rec.headers(
+            rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: "trace-id",
+                value: Some(k.as_bytes()),
+            }),
+        );
+        let mut rec = Some(rec);
+        while let Some(r) = rec.take() {
+            if let Err((e, r)) = p.send(r) {
+                assert!(
+                    matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    ),
+                    "{e}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+                rec = Some(r);
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// One consumed record.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Got {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("JSON output")
+    }
+}
+
+/// Reads `topic` from the beginning until `pred(records)` or `timeout`.
+pub fn consume_until(topic: &str, timeout: Duration, pred: impl Fn(&[Got]) -> bool) -> Vec<Got> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut got = Vec::new();
+    let end = Instant::now() + timeout;
+    while Instant::now() < end && !pred(&got) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            got.push(Got {
+                key: m.key().map(|k| String::from_utf8_lossy(k).to_string()),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| {
+                                (
+                                    x.key.to_string(),
+                                    String::from_utf8_lossy(x.value.unwrap_or_default())
+                                        .to_string(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                partition: m.partition(),
+                offset: m.offset(),
+            });
+        }
+    }
+    got
+}
+
+/// Committed offsets of `group` on `topic`'s partitions `0..partitions` (-1001 = none).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let out = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed");
+    let v = out
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(-1001))
+        .collect();
+    drop(out); // before the consumer: librdkafka issue 3796
+    v
+}
+
+/// A pipeline file for the test broker.
+#[allow(clippy::too_many_arguments)]
+pub fn pipeline_toml(
+    name: &str,
+    event_type: &str,
+    input: &str,
+    output: &str,
+    dlq: &str,
+    group: &str,
+    format: &str,
+    delivery: &str,
+    http: &str,
+) -> String {
+    let root = root();
+    let (occ_fields, sk_fields) = if event_type == "vacancy" {
+        ("[\"title\"]", "[\"description\"]")
+    } else {
+        (
+            "[\"experience_title\"]",
+            "[\"experience_description\", \"summary\", \"skills\"]",
+        )
+    };
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+event_type = "{event_type}"
+[kafka]
+brokers = "{broker}"
+group_id = "{group}"
+input_topics = ["{input}"]
+output_topic = "{output}"
+dead_letter_topic = "{dlq}"
+delivery = "{delivery}"
+[kafka.consumer_options]
+"session.timeout.ms" = "3000"
+"heartbeat.interval.ms" = "500"
+[codec]
+format = "{format}"
+schema_dir = "{root}/schemas/registry"
+reader_schema = "{root}/schemas/avro/{event_type}.avsc"
+max_event_bytes = 65536
+[[targets]]
+name = "occupations"
+space = "esco-occupations"
+fields = {occ_fields}
+mode = "whole"
+k = 3
+[[targets]]
+name = "skills"
+space = "esco-skills"
+fields = {sk_fields}
+mode = "sentences"
+k = 10
+min_score = 0.3
+[batching]
+max_batch_tokens = 2048
+max_wait_ms = 20
+max_in_flight = 64
+[model]
+dir = "{model}"
+data_dir = "{root}/data"
+cache_dir = "{root}/target/test-space-cache"
+[encoder]
+device = "cpu"
+intra_threads = 1
+onnxruntime = "{root}/.uwe/lib/libonnxruntime.so"
+[http]
+listen = "{http}"
+"#,
+        broker = broker(),
+        root = root.display(),
+        model = base_model_dir().display(),
+    )
+}
+
+/// A running connector process.
+pub struct Connector {
+    pub child: Child,
+    pub config: std::path::PathBuf,
+    _dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl Connector {
+    pub fn start(toml: &str) -> Connector {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("pipeline.toml");
+        std::fs::write(&config, toml).unwrap();
+        Self::start_at(config, std::sync::Arc::new(dir))
+    }
+
+    fn start_at(config: std::path::PathBuf, dir: std::sync::Arc<tempfile::TempDir>) -> Connector {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("connector.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_uwe-connect"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("UWE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start connector");
+        Connector {
+            child,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// Kills the process (SIGKILL) and starts it again with the same config.
+    pub fn kill_and_restart(mut self) -> Connector {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        Self::start_at(self.config.clone(), self._dir.clone())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("connector.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let end = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < end,
+                "connector did not stop after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Real vacancy events from the SkillSpan postings (title = first line), descriptions cut to `max_chars`.
+pub fn vacancy_events(n: usize, max_chars: usize) -> Vec<(String, serde_json::Value)> {
+    let text = std::fs::read_to_string(root().join("data/events/skillspan_postings_train.jsonl"))
+        .expect("postings");
+    let posts: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let p = &posts[i % posts.len()];
+            let body = p["text"].as_str().unwrap();
+            let title = body.lines().next().unwrap_or("job").to_string();
+            let desc: String = body.chars().take(max_chars).collect();
+            let id = format!("v-{i}");
+            (id.clone(), serde_json::json!({"id": id, "title": title, "description": desc, "source": p["source"]}))
+        })
+        .collect()
+}
+
+/// Reads a connector's `/metrics` and returns the value of the first line starting with `name`.
+pub fn metric(addr: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A free local TCP port.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}

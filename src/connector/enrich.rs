@@ -1,0 +1,301 @@
+//! From a decoded event and the embeddings of its texts to an enriched record.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{Mode, TargetSection};
+use super::event::Event;
+use crate::encoder::TextEmbedding;
+use crate::model::ScorerSpec;
+use crate::rank::rank;
+use crate::space::cache::EncodedSpace;
+use crate::text::{char_offset, sentence_spans};
+
+/// A target of the pipeline with its embedded space.
+#[derive(Clone)]
+pub struct Target {
+    /// Its configuration.
+    pub cfg: TargetSection,
+    /// The embedded space.
+    pub space: Arc<EncodedSpace>,
+}
+
+/// Where a label's text came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Evidence {
+    /// Field of the event, e.g. `description` or `experiences[0].title`.
+    pub field: String,
+    /// The ranked text (a sentence in `sentences` mode).
+    pub text: String,
+    /// Character offset of `text` in the field.
+    pub start: usize,
+    /// Character offset of its end.
+    pub end: usize,
+}
+
+/// One label of an enriched record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Label {
+    /// Concept id (URI for ESCO).
+    pub id: String,
+    /// Preferred label.
+    pub label: String,
+    /// Score under the model's scorer.
+    pub score: f32,
+    /// 1-based rank (within its text in `whole` mode, within the event in `sentences` mode).
+    pub rank: usize,
+    /// The text that earned it.
+    pub evidence: Evidence,
+}
+
+/// Where the source event was read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceRef {
+    /// Event id.
+    pub id: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Kafka timestamp in milliseconds.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// What the connector publishes (`schemas/json/enriched.schema.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EnrichedRecord {
+    /// Source reference.
+    pub source: SourceRef,
+    /// `vacancy` or `cv`.
+    pub event_type: String,
+    /// Labels by target name.
+    pub labels: BTreeMap<String, Vec<Label>>,
+    /// Model version that produced the labels.
+    pub model_version: String,
+    /// Taxonomy version by target name.
+    pub taxonomy_versions: BTreeMap<String, String>,
+    /// RFC 3339 processing time.
+    pub processed_at: String,
+}
+
+/// One text to encode for a target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    /// Index into the pipeline's targets.
+    pub target: usize,
+    /// Index into [`Plan::texts`].
+    pub text: usize,
+    /// Evidence to report.
+    pub evidence: Evidence,
+}
+
+/// The texts of one event, deduplicated, and what each target ranks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Distinct texts to encode.
+    pub texts: Vec<String>,
+    /// Units referring to them.
+    pub units: Vec<Unit>,
+}
+
+impl Plan {
+    /// Estimated word pieces (about four bytes each, plus the two special tokens).
+    pub fn estimated_tokens(&self) -> usize {
+        self.texts.iter().map(|t| t.len() / 4 + 3).sum()
+    }
+}
+
+/// Lists the texts of `event` each target ranks.
+pub fn plan(event: &Event, targets: &[TargetSection]) -> Plan {
+    let mut p = Plan::default();
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    for (ti, t) in targets.iter().enumerate() {
+        for f in &t.fields {
+            for ft in event.texts(f) {
+                let pieces: Vec<(usize, usize)> = match t.mode {
+                    Mode::Whole => vec![(0, ft.text.len())],
+                    Mode::Sentences => sentence_spans(&ft.text),
+                };
+                for (a, b) in pieces {
+                    let text = ft.text[a..b].trim().to_string();
+                    if text.is_empty() {
+                        continue;
+                    }
+                    let ti_text = *index.entry(text.clone()).or_insert_with(|| {
+                        p.texts.push(text.clone());
+                        p.texts.len() - 1
+                    });
+                    let start = char_offset(&ft.text, a);
+                    p.units.push(Unit {
+                        target: ti,
+                        text: ti_text,
+                        evidence: Evidence {
+                            field: ft.field.clone(),
+                            start,
+                            end: start + text.chars().count(),
+                            text,
+                        },
+                    });
+                }
+            }
+        }
+    }
+    p
+}
+
+/// Ranks every unit and assembles the labels of each target.
+pub fn labels(
+    plan: &Plan,
+    embeddings: &[Arc<TextEmbedding>],
+    targets: &[Target],
+    scorer: ScorerSpec,
+) -> BTreeMap<String, Vec<Label>> {
+    let mut out: BTreeMap<String, Vec<Label>> = BTreeMap::new();
+    for (ti, t) in targets.iter().enumerate() {
+        let units = plan.units.iter().filter(|u| u.target == ti);
+        let concepts = &t.space.space.concepts;
+        let mut labels: Vec<Label> = Vec::new();
+        match t.cfg.mode {
+            Mode::Whole => {
+                for u in units {
+                    let hits = rank(&t.space, &embeddings[u.text], t.cfg.k, scorer);
+                    labels.extend(
+                        hits.into_iter()
+                            .filter(|h| h.score >= t.cfg.min_score)
+                            .enumerate()
+                            .map(|(r, h)| Label {
+                                id: concepts[h.index].id.clone(),
+                                label: concepts[h.index].label.clone(),
+                                score: h.score,
+                                rank: r + 1,
+                                evidence: u.evidence.clone(),
+                            }),
+                    );
+                }
+            }
+            Mode::Sentences => {
+                // Each concept keeps its best-scoring sentence.
+                let mut best: std::collections::HashMap<usize, (f32, &Unit)> = Default::default();
+                for u in units {
+                    for h in rank(&t.space, &embeddings[u.text], t.cfg.k, scorer) {
+                        if h.score < t.cfg.min_score {
+                            continue;
+                        }
+                        let e = best.entry(h.index).or_insert((h.score, u));
+                        if h.score > e.0 {
+                            *e = (h.score, u);
+                        }
+                    }
+                }
+                let mut v: Vec<(usize, f32, &Unit)> =
+                    best.into_iter().map(|(i, (s, u))| (i, s, u)).collect();
+                v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                v.truncate(t.cfg.k);
+                labels = v
+                    .into_iter()
+                    .enumerate()
+                    .map(|(r, (i, s, u))| Label {
+                        id: concepts[i].id.clone(),
+                        label: concepts[i].label.clone(),
+                        score: s,
+                        rank: r + 1,
+                        evidence: u.evidence.clone(),
+                    })
+                    .collect();
+            }
+        }
+        out.insert(t.cfg.name.clone(), labels);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::event::{Cv, Experience, Vacancy};
+
+    fn target(name: &str, fields: &[&str], mode: Mode) -> TargetSection {
+        TargetSection {
+            name: name.into(),
+            space: "x".into(),
+            fields: fields.iter().map(|s| s.to_string()).collect(),
+            mode,
+            k: 3,
+            min_score: 0.0,
+        }
+    }
+
+    #[test]
+    fn vacancy_plan_has_title_and_sentences_with_char_spans() {
+        let ev = Event::Vacancy(Vacancy {
+            id: "1".into(),
+            title: "Köchin".into(),
+            description: "Wir suchen eine Köchin. Sie kocht gern.\nKöchin".into(),
+            location: None,
+            language: None,
+            posted_date: None,
+            source: None,
+        });
+        let p = plan(
+            &ev,
+            &[
+                target("occ", &["title"], Mode::Whole),
+                target("sk", &["description"], Mode::Sentences),
+            ],
+        );
+        assert_eq!(
+            p.texts,
+            vec!["Köchin", "Wir suchen eine Köchin.", "Sie kocht gern."]
+        );
+        let last = p.units.last().unwrap();
+        assert_eq!(last.text, 0, "repeated text is encoded once");
+        assert_eq!((last.evidence.start, last.evidence.end), (40, 46));
+        assert_eq!(p.units[2].evidence.start, 24);
+    }
+
+    #[test]
+    fn cv_plan_names_each_experience() {
+        let ev = Event::Cv(Cv {
+            id: "c".into(),
+            headline: None,
+            summary: Some("  ".into()),
+            experiences: vec![
+                Experience {
+                    title: "Nurse".into(),
+                    description: None,
+                },
+                Experience {
+                    title: "Head nurse".into(),
+                    description: Some("Led a ward.".into()),
+                },
+            ],
+            skills: vec!["triage".into()],
+            language: None,
+        });
+        let p = plan(
+            &ev,
+            &[
+                target("occ", &["experience_title"], Mode::Whole),
+                target(
+                    "sk",
+                    &["summary", "experience_description", "skills"],
+                    Mode::Sentences,
+                ),
+            ],
+        );
+        let fields: Vec<&str> = p.units.iter().map(|u| u.evidence.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "experiences[0].title",
+                "experiences[1].title",
+                "experiences[1].description",
+                "skills[0]"
+            ]
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! Kafka clients: consumer context (lag from statistics), client configuration, output
+//! records and their headers.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::{ClientContext, Statistics};
+
+use super::config::{Delivery, PipelineConfig};
+
+/// Consumer context: publishes the summed consumer lag from librdkafka statistics.
+pub struct Ctx {
+    /// Pipeline name (metric label).
+    pub pipeline: String,
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, s: Statistics) {
+        let lag: i64 = s
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        metrics::gauge!(crate::telemetry::CONSUMER_LAG_MESSAGES, "pipeline" => self.pipeline.clone()).set(lag as f64);
+    }
+}
+
+impl ConsumerContext for Ctx {}
+
+fn base(cfg: &PipelineConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.brokers);
+    for (k, v) in &cfg.kafka.options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Consumer settings: offsets are stored by the pipeline only after delivery.
+pub fn consumer_config(cfg: &PipelineConfig) -> ClientConfig {
+    let mut c = base(cfg);
+    c.set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        .set("enable.partition.eof", "false");
+    match cfg.kafka.delivery {
+        // Stored offsets are committed every second, on rebalance and at close.
+        Delivery::AtLeastOnce => c
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000"),
+        Delivery::ExactlyOnce => c
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed"),
+    };
+    for (k, v) in &cfg.kafka.consumer_options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Producer settings: idempotent (no duplicates or reordering on retries), acks from all
+/// replicas; transactional in exactly-once mode.
+pub fn producer_config(cfg: &PipelineConfig) -> ClientConfig {
+    let mut c = base(cfg);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "16777216");
+    if cfg.kafka.delivery == Delivery::ExactlyOnce {
+        let id = cfg.kafka.transactional_id.clone().unwrap_or_else(|| {
+            format!(
+                "uwe-{}-{}-{}",
+                cfg.pipeline.name,
+                hostname(),
+                std::process::id()
+            )
+        });
+        c.set("transactional.id", id);
+    }
+    for (k, v) in &cfg.kafka.producer_options {
+        c.set(k, v);
+    }
+    c
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "host".into())
+}
+
+/// An output record, owned so that it can be sent again after a failure.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    /// Output or dead-letter topic.
+    pub topic: String,
+    /// The source key.
+    pub key: Option<Vec<u8>>,
+    /// Body.
+    pub payload: Vec<u8>,
+    /// Source headers plus any added ones.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// True for a dead letter.
+    pub dead: Option<&'static str>,
+}
+
+impl OutRecord {
+    /// Headers in rdkafka's form.
+    pub fn owned_headers(&self) -> OwnedHeaders {
+        let mut h = OwnedHeaders::new_with_capacity(self.headers.len());
+        for (k, v) in &self.headers {
+            h = h.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        h
+    }
+}
+
+/// Copies a message's headers.
+pub fn copy_headers<H: Headers>(h: Option<&H>) -> Vec<(String, Option<Vec<u8>>)> {
+    h.map(|h| {
+        h.iter()
+            .map(|x| (x.key.to_string(), x.value.map(|v| v.to_vec())))
+            .collect()
+    })
+    .unwrap_or_default()
+}

@@ -1,0 +1,27 @@
+//! The streaming connector: Kafka in, enriched records out, nothing lost.
+//!
+//! ```text
+//! source ──► batcher ──► encoder thread ──► ranker ──► sink ──► broker
+//!  (decode,    (token       (EncoderService)   (rank      (produce, await ack,
+//!   classify,   budget,                        spaces)     store offset / txn)
+//!   permits)    max wait)
+//! ```
+//! Items keep their arrival order through every stage, so output order per input
+//! partition is kept. Each accepted event holds an in-flight permit until its output (an
+//! enriched record or a dead letter) is acknowledged; when the permits run out the
+//! partitions are paused. In at-least-once mode an offset is stored for commit only once
+//! it and every offset before it are acknowledged; in exactly-once mode each batch's
+//! records and offsets commit in one transaction.
+
+pub mod batcher;
+pub mod codec;
+pub mod config;
+pub mod enrich;
+pub mod event;
+pub mod http;
+pub mod kafka;
+pub mod offsets;
+pub mod pipeline;
+
+pub use config::PipelineConfig;
+pub use pipeline::{run, ConnectorError};

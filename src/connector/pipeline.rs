@@ -1,0 +1,654 @@
+//! Wires the stages of one pipeline and runs them until shutdown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::TopicPartitionList;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+use super::batcher::Batcher;
+use super::codec::{Codec, CodecSetupError, DecodeError};
+use super::config::{Delivery, PipelineConfig};
+use super::enrich::{self, EnrichedRecord, Plan, SourceRef, Target};
+use super::event::Event;
+use super::http::Health;
+use super::kafka::{self, copy_headers, Ctx, OutRecord};
+use super::offsets::{OffsetTracker, Tp};
+use crate::encoder::service::{Encoded, EncoderService};
+use crate::encoder::Encoder;
+use crate::error::{ErrorClass, ModelError};
+use crate::model::{ModelDir, ScorerSpec};
+use crate::space::{cache, TargetSpace};
+use crate::telemetry as t;
+
+/// Why the connector stopped with an error. All of these are fatal.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// The model or a target space could not be loaded.
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+    /// The codec could not be set up.
+    #[error("codec: {0}")]
+    Codec(#[from] CodecSetupError),
+    /// A Kafka client could not be created or failed fatally.
+    #[error("kafka: {0}. Check kafka.brokers and kafka.options in the pipeline file")]
+    Kafka(#[from] KafkaError),
+    /// The HTTP listener could not bind.
+    #[error("http listen {0}: {1}. Change http.listen or free the port")]
+    Http(String, std::io::Error),
+    /// A stage stopped unexpectedly.
+    #[error("{0}")]
+    Stage(String),
+}
+
+/// Counts of a finished run.
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    /// Events read.
+    pub events_in: u64,
+}
+
+enum Verdict {
+    Good(Box<Event>, Plan),
+    Dead(DecodeError),
+}
+
+/// A batch and the task encoding its texts, in dispatch order.
+type Dispatched = (
+    Vec<Item>,
+    tokio::task::JoinHandle<Result<Encoded, ModelError>>,
+);
+
+struct Item {
+    tp: Tp,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    timestamp_ms: Option<i64>,
+    verdict: Verdict,
+    permit: OwnedSemaphorePermit,
+}
+
+struct Shared {
+    cfg: PipelineConfig,
+    targets: Vec<Target>,
+    consumer: StreamConsumer<Ctx>,
+    producer: FutureProducer,
+    tracker: OffsetTracker,
+    encoder: EncoderService,
+    scorer: ScorerSpec,
+}
+
+/// Loads the model and spaces, connects to Kafka and runs the pipeline until `shutdown`
+/// turns true; then drains in-flight work, commits and returns.
+pub async fn run(
+    cfg: PipelineConfig,
+    mut shutdown: watch::Receiver<bool>,
+    health: Arc<Health>,
+) -> Result<RunSummary, ConnectorError> {
+    let name = cfg.pipeline.name.clone();
+    let codec = Arc::new(Codec::new(&cfg.codec, cfg.pipeline.event_type)?);
+
+    // Model and target spaces, off the async threads.
+    let cfg2 = cfg.clone();
+    let (encoder, targets, scorer) =
+        tokio::task::spawn_blocking(move || -> Result<_, ModelError> {
+            let dir = ModelDir::open(&cfg2.model.dir)?;
+            let mut enc = Encoder::load(&dir, &cfg2.encoder)?;
+            let cache_dir = cfg2
+                .model
+                .cache_dir
+                .clone()
+                .unwrap_or_else(cache::default_cache_dir);
+            let mut targets = Vec::new();
+            for tc in &cfg2.targets {
+                let space = Arc::new(TargetSpace::resolve(&tc.space, &cfg2.model.data_dir)?);
+                let s = cache::load_or_encode(space, &mut enc, &cache_dir, true)?;
+                targets.push(Target {
+                    cfg: tc.clone(),
+                    space: Arc::new(s),
+                });
+            }
+            let scorer = dir.manifest.scorer;
+            Ok((enc, targets, scorer))
+        })
+        .await
+        .map_err(|e| ConnectorError::Stage(format!("model loader panicked: {e}")))??;
+    let model_version = encoder.manifest().version.clone();
+    tracing::info!(pipeline = %name, model = %model_version, device = ?encoder.device(), "model loaded");
+    metrics::gauge!(t::MODEL_INFO, "pipeline" => name.clone(), "version" => model_version.clone())
+        .set(1.0);
+    let encoder = EncoderService::spawn(encoder);
+
+    let producer: FutureProducer = kafka::producer_config(&cfg).create()?;
+    if cfg.kafka.delivery == Delivery::ExactlyOnce {
+        let p = producer.clone();
+        blocking(move || p.init_transactions(Duration::from_secs(30))).await?;
+    }
+    let consumer: StreamConsumer<Ctx> = kafka::consumer_config(&cfg).create_with_context(Ctx {
+        pipeline: name.clone(),
+    })?;
+    let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(|s| s.as_str()).collect();
+    consumer.subscribe(&topics)?;
+
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        targets,
+        consumer,
+        producer,
+        tracker: OffsetTracker::default(),
+        encoder,
+        scorer,
+    });
+    health.ready.store(true, Ordering::Relaxed);
+    tracing::info!(pipeline = %name, topics = ?cfg.kafka.input_topics, delivery = ?cfg.kafka.delivery, "consuming");
+
+    let permits = Arc::new(Semaphore::new(cfg.batching.max_in_flight));
+    let (item_tx, item_rx) = mpsc::channel::<Item>(256);
+    let (batch_tx, batch_rx) = mpsc::channel::<Dispatched>(2);
+    let (fatal_tx, mut fatal_rx) = watch::channel::<Option<String>>(None);
+
+    let batcher = tokio::spawn(batch_stage(shared.clone(), item_rx, batch_tx));
+    let sink = tokio::spawn(sink_stage(shared.clone(), batch_rx, fatal_tx.clone()));
+
+    // Source: the consumer loop runs here until shutdown or a fatal error.
+    let mut summary = RunSummary::default();
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = fatal_rx.changed() => break,
+            m = shared.consumer.recv() => m,
+        };
+        let m = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                // librdkafka reconnects by itself; errors here are reported, not fatal.
+                tracing::warn!(error = %e, "consumer error, retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let tp: Tp = (m.topic().to_string(), m.partition());
+        let offset = m.offset();
+        let key = m.key().map(|k| k.to_vec());
+        let payload = m.payload().map(|p| p.to_vec());
+        let headers = copy_headers(m.headers());
+        let timestamp_ms = m.timestamp().to_millis();
+        drop(m);
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Backpressure: stop fetching until in-flight work drains.
+                let assignment = shared.consumer.assignment()?;
+                let _ = shared.consumer.pause(&assignment);
+                let p = tokio::select! {
+                    p = permits.clone().acquire_owned() => p.expect("semaphore open"),
+                    _ = shutdown.changed() => { let _ = shared.consumer.resume(&assignment); drop(assignment); break },
+                };
+                let _ = shared.consumer.resume(&assignment);
+                drop(assignment);
+                p
+            }
+        };
+        metrics::counter!(t::RECORDS_IN_TOTAL, "pipeline" => name.clone()).increment(1);
+        summary.events_in += 1;
+        let verdict = decode_with_retry(
+            &codec,
+            payload.as_deref(),
+            &shared.cfg.targets,
+            &mut shutdown,
+        )
+        .await;
+        let Some(verdict) = verdict else { break };
+        let item = Item {
+            tp,
+            offset,
+            key,
+            payload,
+            headers,
+            timestamp_ms,
+            verdict,
+            permit,
+        };
+        if item_tx.send(item).await.is_err() {
+            break;
+        }
+    }
+
+    // Drain: close the source, let the batcher and sink finish, wait for acknowledgements.
+    tracing::info!(pipeline = %name, in_flight = shared.tracker.in_flight(), "draining");
+    drop(item_tx);
+    let _ = batcher.await;
+    let sink_result = sink.await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shared.tracker.in_flight() > 0 && Instant::now() < deadline && fatal_tx.borrow().is_none()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = shared.tracker.in_flight();
+    if cfg.kafka.delivery == Delivery::AtLeastOnce {
+        let s = shared.clone();
+        if let Err(e) = blocking(move || s.consumer.commit_consumer_state(CommitMode::Sync)).await {
+            // Nothing stored since the last commit gives NoOffset: not an error.
+            if !matches!(
+                e,
+                KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)
+            ) {
+                tracing::warn!(error = %e, "final commit failed; uncommitted events will be re-delivered");
+            }
+        }
+    }
+    health.ready.store(false, Ordering::Relaxed);
+    if let Some(f) = fatal_tx.borrow().clone() {
+        health.failed.store(true, Ordering::Relaxed);
+        return Err(ConnectorError::Stage(f));
+    }
+    if let Err(e) = sink_result {
+        return Err(ConnectorError::Stage(format!("sink stage panicked: {e}")));
+    }
+    if left > 0 {
+        return Err(ConnectorError::Stage(format!(
+            "{left} events were not acknowledged within 60 s of shutdown; they were not committed and will be re-delivered"
+        )));
+    }
+    tracing::info!(pipeline = %name, events_in = summary.events_in, "stopped cleanly");
+    Ok(summary)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, KafkaError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(KafkaError::Canceled)
+            .inspect_err(|_| tracing::error!(error = %e, "blocking task panicked"))
+    })
+}
+
+/// Decodes; transient failures (schema registry down) are retried with backoff, never
+/// dead-lettered. `None` when shutdown interrupted the retries.
+async fn decode_with_retry(
+    codec: &Arc<Codec>,
+    payload: Option<&[u8]>,
+    targets: &[super::config::TargetSection],
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Verdict> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let c = codec.clone();
+        let p = payload.map(|p| p.to_vec());
+        // Decoding may call the registry over HTTP: off the async threads.
+        let r = tokio::task::spawn_blocking(move || c.decode(p.as_deref()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(DecodeError {
+                    class: ErrorClass::BadData,
+                    reason: "decoder_panic",
+                    msg: e.to_string(),
+                })
+            });
+        match r {
+            Ok(ev) => {
+                let plan = enrich::plan(&ev, targets);
+                return Some(Verdict::Good(Box::new(ev), plan));
+            }
+            Err(e) if e.class == ErrorClass::Transient => {
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "transient decode failure, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = shutdown.changed() => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Some(Verdict::Dead(e)),
+        }
+    }
+}
+
+fn item_tokens(i: &Item) -> usize {
+    match &i.verdict {
+        Verdict::Good(_, p) => p.estimated_tokens(),
+        Verdict::Dead(_) => 0,
+    }
+}
+
+async fn batch_stage(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Item>,
+    tx: mpsc::Sender<Dispatched>,
+) {
+    let b = &shared.cfg.batching;
+    let mut batcher = Batcher::new(b.max_batch_tokens, Duration::from_millis(b.max_wait_ms));
+    loop {
+        let deadline = batcher.deadline();
+        let ready = tokio::select! {
+            item = rx.recv() => match item {
+                Some(it) => {
+                    let tokens = item_tokens(&it);
+                    batcher.push(it, tokens, Instant::now())
+                }
+                None => {
+                    let rest = batcher.take();
+                    if !rest.is_empty() {
+                        dispatch(&shared, rest, &tx).await;
+                    }
+                    return;
+                }
+            },
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded").into()).await }, if deadline.is_some() => {
+                batcher.poll(Instant::now())
+            }
+        };
+        if let Some(batch) = ready {
+            if !dispatch(&shared, batch, &tx).await {
+                return;
+            }
+        }
+    }
+}
+
+async fn dispatch(shared: &Arc<Shared>, batch: Vec<Item>, tx: &mpsc::Sender<Dispatched>) -> bool {
+    let texts: Vec<String> = batch
+        .iter()
+        .flat_map(|i| match &i.verdict {
+            Verdict::Good(_, p) => p.texts.clone(),
+            Verdict::Dead(_) => vec![],
+        })
+        .collect();
+    metrics::histogram!(t::BATCH_EVENTS).record(batch.len() as f64);
+    metrics::histogram!(t::BATCH_TOKENS)
+        .record(batch.iter().map(item_tokens).sum::<usize>() as f64);
+    let enc = shared.encoder.clone();
+    // Encoding starts now, while the sink still works on the previous batch.
+    let handle = tokio::spawn(async move { enc.encode(texts).await });
+    tx.send((batch, handle)).await.is_ok()
+}
+
+/// Builds the output record of each item of a batch, in order.
+fn build_outputs(
+    shared: &Shared,
+    batch: &[Item],
+    encoded: &Result<Encoded, ModelError>,
+) -> Vec<OutRecord> {
+    let mut next = 0usize;
+    let now = crate::model::now_rfc3339();
+    batch
+        .iter()
+        .map(|item| match &item.verdict {
+            Verdict::Good(ev, plan) => {
+                let n = plan.texts.len();
+                let range = next..next + n;
+                next += n;
+                match encoded {
+                    Ok(enc) => {
+                        let labels = enrich::labels(
+                            plan,
+                            &enc.embeddings[range],
+                            &shared.targets,
+                            shared.scorer,
+                        );
+                        let rec = EnrichedRecord {
+                            source: SourceRef {
+                                id: ev.id().to_string(),
+                                topic: item.tp.0.clone(),
+                                partition: item.tp.1,
+                                offset: item.offset,
+                                timestamp_ms: item.timestamp_ms,
+                            },
+                            event_type: shared.cfg.pipeline.event_type.as_str().into(),
+                            labels,
+                            model_version: enc.model.version.clone(),
+                            taxonomy_versions: shared
+                                .targets
+                                .iter()
+                                .map(|t| {
+                                    (t.cfg.name.clone(), t.space.space.taxonomy_version.clone())
+                                })
+                                .collect(),
+                            processed_at: now.clone(),
+                        };
+                        OutRecord {
+                            topic: shared.cfg.kafka.output_topic.clone(),
+                            key: item.key.clone(),
+                            payload: serde_json::to_vec(&rec).expect("record serialises"),
+                            headers: item.headers.clone(),
+                            dead: None,
+                        }
+                    }
+                    Err(e) => dead_letter(
+                        shared,
+                        item,
+                        ErrorClass::Fatal,
+                        "encode_failed",
+                        &e.to_string(),
+                    ),
+                }
+            }
+            Verdict::Dead(e) => dead_letter(shared, item, e.class, e.reason, &e.msg),
+        })
+        .collect()
+}
+
+fn dead_letter(
+    shared: &Shared,
+    item: &Item,
+    class: ErrorClass,
+    reason: &'static str,
+    msg: &str,
+) -> OutRecord {
+    let mut headers = item.headers.clone();
+    let mut add = |k: &str, v: String| headers.push((k.to_string(), Some(v.into_bytes())));
+    add("uwe.error.class", class.as_str().into());
+    add("uwe.error.reason", reason.into());
+    add("uwe.error.message", msg.chars().take(2000).collect());
+    add("uwe.source.topic", item.tp.0.clone());
+    add("uwe.source.partition", item.tp.1.to_string());
+    add("uwe.source.offset", item.offset.to_string());
+    add("uwe.pipeline", shared.cfg.pipeline.name.clone());
+    OutRecord {
+        topic: shared.cfg.kafka.dead_letter_topic.clone(),
+        key: item.key.clone(),
+        payload: item.payload.clone().unwrap_or_default(),
+        headers,
+        dead: Some(reason),
+    }
+}
+
+/// Enqueues one record, waiting while librdkafka's queue is full.
+async fn enqueue(
+    producer: &FutureProducer,
+    r: &OutRecord,
+) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+    loop {
+        let mut fr = FutureRecord::to(&r.topic)
+            .payload(&r.payload)
+            .headers(r.owned_headers());
+        if let Some(k) = &r.key {
+            fr = fr.key(k);
+        }
+        match producer.send_result(fr) {
+            Ok(f) => return Ok(f),
+            Err((
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                _,
+            )) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+async fn sink_stage(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Dispatched>,
+    fatal: watch::Sender<Option<String>>,
+) {
+    let name = shared.cfg.pipeline.name.clone();
+    while let Some((batch, handle)) = rx.recv().await {
+        let encoded = match handle.await {
+            Ok(r) => r,
+            Err(e) => Err(ModelError::Runtime(format!("encode task failed: {e}"))),
+        };
+        if let Err(e) = &encoded {
+            // The encoder thread is gone or the model broke: nothing later would work.
+            let _ = fatal.send(Some(format!("encoder failed: {e}")));
+            return;
+        }
+        let started = Instant::now();
+        let s2 = shared.clone();
+        let (batch, outs) = tokio::task::spawn_blocking(move || {
+            let outs = build_outputs(&s2, &batch, &encoded);
+            (batch, outs)
+        })
+        .await
+        .expect("ranking does not panic");
+        metrics::histogram!(t::RANK_SECONDS).record(started.elapsed().as_secs_f64());
+        let r = match shared.cfg.kafka.delivery {
+            Delivery::AtLeastOnce => send_at_least_once(&shared, batch, outs).await,
+            Delivery::ExactlyOnce => send_transaction(&shared, batch, outs).await,
+        };
+        if let Err(e) = r {
+            let _ = fatal.send(Some(format!("pipeline {name}: {e}")));
+            return;
+        }
+    }
+}
+
+fn record_delivered(pipeline: &str, r: &OutRecord, timestamp_ms: Option<i64>) {
+    match r.dead {
+        Some(reason) => metrics::counter!(t::RECORDS_DEAD_LETTERED_TOTAL, "pipeline" => pipeline.to_string(), "reason" => reason).increment(1),
+        None => metrics::counter!(t::RECORDS_OUT_TOTAL, "pipeline" => pipeline.to_string()).increment(1),
+    }
+    if let Some(ts) = timestamp_ms {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        metrics::histogram!(t::END_TO_END_LATENCY_SECONDS, "pipeline" => pipeline.to_string())
+            .record((now - ts).max(0) as f64 / 1000.0);
+    }
+}
+
+async fn send_at_least_once(
+    shared: &Arc<Shared>,
+    batch: Vec<Item>,
+    outs: Vec<OutRecord>,
+) -> Result<(), KafkaError> {
+    for (item, out) in batch.into_iter().zip(outs) {
+        shared.tracker.register(&item.tp, item.offset);
+        metrics::gauge!(t::IN_FLIGHT_EVENTS, "pipeline" => shared.cfg.pipeline.name.clone())
+            .set(shared.tracker.in_flight() as f64);
+        // Enqueued in order here; acknowledgements are awaited concurrently.
+        let fut = enqueue(&shared.producer, &out).await?;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut fut = fut;
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match fut.await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err((e, _))) => {
+                        tracing::warn!(error = %e, topic = %out.topic, "delivery failed, retrying")
+                    }
+                    Err(_) => tracing::warn!(topic = %out.topic, "delivery canceled, retrying"),
+                }
+                metrics::counter!(t::DELIVERY_RETRIES_TOTAL, "pipeline" => shared.cfg.pipeline.name.clone()).increment(1);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                fut = loop {
+                    match enqueue(&shared.producer, &out).await {
+                        Ok(f) => break f,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "enqueue failed, retrying");
+                            tokio::time::sleep(backoff).await;
+                        }
+                    }
+                };
+            }
+            record_delivered(&shared.cfg.pipeline.name, &out, item.timestamp_ms);
+            if let Some(next) = shared.tracker.ack(&item.tp, item.offset) {
+                // Fails only when the partition was revoked meanwhile: its new owner re-reads.
+                // librdkafka's rd_kafka_offset_store commits `offset + 1`: pass the last acknowledged one.
+                if let Err(e) = shared
+                    .consumer
+                    .store_offset(&item.tp.0, item.tp.1, next - 1)
+                {
+                    tracing::debug!(error = %e, "offset not stored (partition revoked?)");
+                }
+            }
+            metrics::gauge!(t::IN_FLIGHT_EVENTS, "pipeline" => shared.cfg.pipeline.name.clone())
+                .set(shared.tracker.in_flight() as f64);
+            drop(item.permit);
+        });
+    }
+    Ok(())
+}
+
+async fn send_transaction(
+    shared: &Arc<Shared>,
+    batch: Vec<Item>,
+    outs: Vec<OutRecord>,
+) -> Result<(), KafkaError> {
+    let mut backoff = Duration::from_millis(200);
+    let mut offsets = std::collections::BTreeMap::<Tp, i64>::new();
+    for i in &batch {
+        offsets.insert(i.tp.clone(), i.offset + 1);
+    }
+    loop {
+        let attempt: Result<(), KafkaError> = async {
+            let p = shared.producer.clone();
+            blocking(move || p.begin_transaction()).await?;
+            let mut futs = Vec::with_capacity(outs.len());
+            for o in &outs {
+                futs.push(enqueue(&shared.producer, o).await?);
+            }
+            for f in futs {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(e),
+                    Err(_) => return Err(KafkaError::Canceled),
+                }
+            }
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, part), off) in &offsets {
+                tpl.add_partition_offset(topic, *part, rdkafka::Offset::Offset(*off))?;
+            }
+            let cgm = shared.consumer.group_metadata().ok_or_else(|| {
+                KafkaError::Subscription("the consumer has not joined its group yet".into())
+            })?;
+            let p = shared.producer.clone();
+            blocking(move || {
+                p.send_offsets_to_transaction(&tpl, &cgm, Duration::from_secs(30))?;
+                p.commit_transaction(Duration::from_secs(30))
+            })
+            .await
+        }
+        .await;
+        match attempt {
+            Ok(()) => break,
+            Err(e) => {
+                if let KafkaError::Transaction(te) = &e {
+                    if te.is_fatal() {
+                        return Err(e);
+                    }
+                }
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "transaction failed, aborting and retrying the batch");
+                metrics::counter!(t::DELIVERY_RETRIES_TOTAL, "pipeline" => shared.cfg.pipeline.name.clone()).increment(1);
+                let p = shared.producer.clone();
+                let _ = blocking(move || p.abort_transaction(Duration::from_secs(30))).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    for (item, out) in batch.into_iter().zip(&outs) {
+        record_delivered(&shared.cfg.pipeline.name, out, item.timestamp_ms);
+    }
+    Ok(())
+}
