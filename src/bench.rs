@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::encoder::{runtime, Encoder, EncoderConfig};
 use crate::error::{ModelError, Result};
@@ -195,6 +195,203 @@ pub fn run_encoder_bench(
         "one sentence vs {} skills: encode {enc_ms:.2} ms | rank pooled {p_ms:.2} ms | late rerank top 100 {l_ms:.2} ms | late exhaustive {x_ms:.1} ms | top-10 overlap rerank vs exhaustive {:.1}%",
         space.len(),
         agree * 100.0
+    );
+    Ok(())
+}
+
+/// Options of the pipeline benchmark.
+#[derive(Debug, Clone)]
+pub struct PipelineBench {
+    /// Broker address.
+    pub brokers: String,
+    /// Events to feed (real postings, repeated with new ids when more than 140).
+    pub events: usize,
+    /// Encoder settings shared by the connector and the bare run.
+    pub encoder: EncoderConfig,
+    /// Model directory.
+    pub model: std::path::PathBuf,
+    /// Data directory (`esco/`, `events/`).
+    pub data_dir: std::path::PathBuf,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Feeds real vacancy events through the broker and the connector, then encodes the same
+/// texts with a bare encoder, and prints both throughputs.
+pub async fn run_pipeline_bench(o: PipelineBench) -> anyhow::Result<()> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::Message;
+
+    use crate::connector::{config::PipelineConfig, enrich, event::Event};
+
+    let tag = std::process::id();
+    let (input, output, dlq) = (
+        format!("bench-in-{tag}"),
+        format!("bench-out-{tag}"),
+        format!("bench-dlq-{tag}"),
+    );
+    let posts = std::fs::read_to_string(o.data_dir.join("events/skillspan_postings_train.jsonl"))?;
+    let posts: Vec<serde_json::Value> = posts
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let events: Vec<serde_json::Value> = (0..o.events)
+        .map(|i| {
+            let text = posts[i % posts.len()]["text"].as_str().unwrap_or_default();
+            serde_json::json!({"id": format!("b-{i}"), "title": text.lines().next().unwrap_or("job"), "description": text})
+        })
+        .collect();
+    let toml = format!(
+        r#"
+[pipeline]
+name = "bench"
+event_type = "vacancy"
+[kafka]
+brokers = "{b}"
+group_id = "bench-{tag}"
+input_topics = ["{input}"]
+output_topic = "{output}"
+dead_letter_topic = "{dlq}"
+[kafka.consumer_options]
+"session.timeout.ms" = "6000"
+[[targets]]
+name = "occupations"
+space = "esco-occupations"
+fields = ["title"]
+mode = "whole"
+k = 5
+[[targets]]
+name = "skills"
+space = "esco-skills"
+fields = ["description"]
+mode = "sentences"
+k = 20
+min_score = 0.45
+[http]
+listen = ""
+"#,
+        b = o.brokers
+    );
+    let mut cfg = PipelineConfig::parse(&toml, &[]).map_err(|e| anyhow::anyhow!(e))?;
+    cfg.encoder = o.encoder.clone();
+    cfg.encoder.cache_bytes = 0;
+    cfg.model.dir = o.model.clone();
+    cfg.model.data_dir = o.data_dir.clone();
+    let plans: Vec<enrich::Plan> = events
+        .iter()
+        .map(|e| {
+            Ok(enrich::plan(
+                &Event::from_json(cfg.pipeline.event_type, e.clone())?,
+                &cfg.targets,
+            ))
+        })
+        .collect::<Result<_, serde_json::Error>>()?;
+    let n_texts: usize = plans.iter().map(|p| p.texts.len()).sum();
+
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &o.brokers)
+            .create()?;
+    let new: Vec<rdkafka::admin::NewTopic> = [&input, &output, &dlq]
+        .iter()
+        .map(|t| rdkafka::admin::NewTopic::new(t, 4, rdkafka::admin::TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(&new, &rdkafka::admin::AdminOptions::new())
+        .await?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+    }
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &o.brokers)
+        .create()?;
+    for (i, e) in events.iter().enumerate() {
+        let body = serde_json::to_vec(e)?;
+        let key = format!("b-{i}");
+        producer
+            .send(
+                FutureRecord::to(&input)
+                    .key(&key)
+                    .payload(&body)
+                    .partition((i % 4) as i32),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    let reader: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &o.brokers)
+        .set("group.id", format!("bench-reader-{tag}"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()?;
+    reader.subscribe(&[&output])?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let health = Arc::new(crate::connector::http::Health::default());
+    let conn = tokio::spawn(crate::connector::run(cfg, stop_rx, health));
+    let mut arrivals = Vec::with_capacity(o.events);
+    let mut latencies = Vec::with_capacity(o.events);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while arrivals.len() < o.events && Instant::now() < deadline {
+        let m = tokio::time::timeout(Duration::from_secs(120), reader.recv()).await??;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        arrivals.push(Instant::now());
+        if let Some(ts) = v["source"]["timestamp_ms"].as_i64() {
+            latencies.push((now_ms - ts) as f64 / 1000.0);
+        }
+    }
+    let _ = stop_tx.send(true);
+    conn.await??;
+    anyhow::ensure!(
+        arrivals.len() == o.events,
+        "only {} of {} records arrived",
+        arrivals.len(),
+        o.events
+    );
+    let span = arrivals
+        .last()
+        .unwrap()
+        .duration_since(arrivals[0])
+        .as_secs_f64();
+    let rps = (o.events - 1) as f64 / span;
+    let tps = rps * n_texts as f64 / o.events as f64;
+
+    // The same texts through a bare encoder (no broker, no ranking).
+    let dir = ModelDir::open(&o.model)?;
+    let mut ecfg = o.encoder.clone();
+    ecfg.cache_bytes = 0;
+    let mut enc = Encoder::load(&dir, &ecfg)?;
+    let texts: Vec<&str> = plans
+        .iter()
+        .flat_map(|p| p.texts.iter().map(|s| s.as_str()))
+        .collect();
+    enc.encode(&texts[..texts.len().min(64)])?;
+    let t0 = Instant::now();
+    for chunk in texts.chunks(512) {
+        enc.encode(chunk)?;
+    }
+    let bare_tps = texts.len() as f64 / t0.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "connector: {} events, {n_texts} texts: {rps:.1} records/s, {tps:.0} texts/s (first to last output) | end-to-end latency p50 {:.2} s, p95 {:.2} s, p99 {:.2} s (events were all queued before start)",
+        o.events,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.95),
+        percentile(&latencies, 0.99)
+    );
+    println!(
+        "bare encoder, same texts: {bare_tps:.0} texts/s | connector / bare encoder: {:.3}",
+        tps / bare_tps
     );
     Ok(())
 }

@@ -22,6 +22,7 @@
 
 pub mod bench;
 pub mod connector;
+pub mod demo;
 pub mod encoder;
 pub mod error;
 pub mod eval;

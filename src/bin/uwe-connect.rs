@@ -126,6 +126,21 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Publish sample vacancies and CVs, enrich them with the shipped pipelines and print the result.
+    ///
+    /// Example: uwe-connect demo --brokers 127.0.0.1:9092   (scripts/demo also starts a local broker)
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Pipeline files.
+        #[arg(long, default_values = ["connectors/vacancies.toml", "connectors/cvs.toml"])]
+        pipeline: Vec<PathBuf>,
+        /// Sample vacancies to publish.
+        #[arg(long, default_value_t = 5)]
+        vacancies: usize,
+        #[arg(long, env = "UWE_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+    },
     /// Validate a pipeline file and say what is wrong.
     ///
     /// Example: uwe-connect check --config connectors/cvs.toml
@@ -215,14 +230,33 @@ enum Cmd {
         #[arg(long, env = "UWE_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
     },
-    /// Speed benchmark: bare ONNX Runtime session vs the project's encoder, and ranking cost.
+    /// Speed benchmarks (figures in BENCHMARKS.md).
+    ///
+    /// Examples: uwe-connect bench encoder --device cpu --threads 2
+    ///           uwe-connect bench pipeline --brokers 127.0.0.1:9092 --events 140 --device cpu --threads 2
     Bench {
-        /// Texts per measurement.
+        #[arg(value_enum, default_value = "encoder")]
+        kind: BenchKind,
+        /// Texts per measurement (encoder).
         #[arg(long, default_value_t = 512)]
         n: usize,
+        /// Events to feed (pipeline).
+        #[arg(long, default_value_t = 140)]
+        events: usize,
+        /// Broker (pipeline).
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
         #[command(flatten)]
         rt: RuntimeArgs,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchKind {
+    /// Bare ONNX Runtime session vs the encoder; ranking cost.
+    Encoder,
+    /// Real vacancy events through the broker and the connector vs the bare encoder.
+    Pipeline,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -292,6 +326,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(run_pipeline(cfg))?;
+        }
+        Cmd::Demo {
+            brokers,
+            pipeline,
+            vacancies,
+            data_dir,
+        } => {
+            let o = uwe_connect::demo::Demo {
+                brokers,
+                pipelines: pipeline,
+                vacancies,
+                data_dir,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(uwe_connect::demo::run(o))?;
         }
         Cmd::Check { config } => {
             let cfg = PipelineConfig::load(&config)?;
@@ -448,13 +499,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(&out, s).with_context(|| format!("writing {}", out.display()))?;
             eprintln!("wrote {} tasks to {}", tasks.len(), out.display());
         }
-        Cmd::Bench { n, rt } => uwe_connect::bench::run_encoder_bench(
+        Cmd::Bench {
+            kind: BenchKind::Encoder,
+            n,
+            rt,
+            ..
+        } => uwe_connect::bench::run_encoder_bench(
             &rt.encoder_config(),
             &rt.model,
             &rt.data_dir,
             &rt.cache_dir(),
             n,
         )?,
+        Cmd::Bench {
+            kind: BenchKind::Pipeline,
+            events,
+            brokers,
+            rt,
+            ..
+        } => {
+            let o = uwe_connect::bench::PipelineBench {
+                brokers,
+                events,
+                encoder: rt.encoder_config(),
+                model: rt.model.clone(),
+                data_dir: rt.data_dir.clone(),
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(uwe_connect::bench::run_pipeline_bench(o))?
+        }
     }
     Ok(())
 }
