@@ -233,15 +233,30 @@ pub async fn run(
     }
     let left = shared.tracker.in_flight();
     if cfg.kafka.delivery == Delivery::AtLeastOnce {
-        let s = shared.clone();
-        if let Err(e) = blocking(move || s.consumer.commit_consumer_state(CommitMode::Sync)).await {
-            // Nothing stored since the last commit gives NoOffset: not an error.
-            if !matches!(
-                e,
-                KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)
-            ) {
-                tracing::warn!(error = %e, "final commit failed; uncommitted events will be re-delivered");
+        // The final commit is retried: right after a broker outage the group coordinator
+        // may still be moving.
+        let mut committed = false;
+        for attempt in 0..10 {
+            let s = shared.clone();
+            match blocking(move || s.consumer.commit_consumer_state(CommitMode::Sync)).await {
+                Ok(()) => committed = true,
+                // Nothing stored since the last commit.
+                Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+                    committed = true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "final commit failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
+            if committed {
+                break;
+            }
+        }
+        if !committed && fatal_tx.borrow().is_none() {
+            let _ = fatal_tx.send(Some(
+                "the final offset commit failed; uncommitted events will be re-delivered on restart".into(),
+            ));
         }
     }
     health.ready.store(false, Ordering::Relaxed);
@@ -264,10 +279,13 @@ pub async fn run(
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
 ) -> Result<T, KafkaError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(KafkaError::Canceled)
-            .inspect_err(|_| tracing::error!(error = %e, "blocking task panicked"))
-    })
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "blocking Kafka call panicked");
+            Err(KafkaError::Canceled)
+        }
+    }
 }
 
 /// Decodes; transient failures (schema registry down) are retried with backoff, never
@@ -370,63 +388,42 @@ async fn dispatch(shared: &Arc<Shared>, batch: Vec<Item>, tx: &mpsc::Sender<Disp
 }
 
 /// Builds the output record of each item of a batch, in order.
-fn build_outputs(
-    shared: &Shared,
-    batch: &[Item],
-    encoded: &Result<Encoded, ModelError>,
-) -> Vec<OutRecord> {
+fn build_outputs(shared: &Shared, batch: &[Item], enc: &Encoded) -> Vec<OutRecord> {
     let mut next = 0usize;
     let now = crate::model::now_rfc3339();
+    let taxonomy_versions: std::collections::BTreeMap<String, String> = shared
+        .targets
+        .iter()
+        .map(|t| (t.cfg.name.clone(), t.space.space.taxonomy_version.clone()))
+        .collect();
     batch
         .iter()
         .map(|item| match &item.verdict {
             Verdict::Good(ev, plan) => {
-                let n = plan.texts.len();
-                let range = next..next + n;
-                next += n;
-                match encoded {
-                    Ok(enc) => {
-                        let labels = enrich::labels(
-                            plan,
-                            &enc.embeddings[range],
-                            &shared.targets,
-                            shared.scorer,
-                        );
-                        let rec = EnrichedRecord {
-                            source: SourceRef {
-                                id: ev.id().to_string(),
-                                topic: item.tp.0.clone(),
-                                partition: item.tp.1,
-                                offset: item.offset,
-                                timestamp_ms: item.timestamp_ms,
-                            },
-                            event_type: shared.cfg.pipeline.event_type.as_str().into(),
-                            labels,
-                            model_version: enc.model.version.clone(),
-                            taxonomy_versions: shared
-                                .targets
-                                .iter()
-                                .map(|t| {
-                                    (t.cfg.name.clone(), t.space.space.taxonomy_version.clone())
-                                })
-                                .collect(),
-                            processed_at: now.clone(),
-                        };
-                        OutRecord {
-                            topic: shared.cfg.kafka.output_topic.clone(),
-                            key: item.key.clone(),
-                            payload: serde_json::to_vec(&rec).expect("record serialises"),
-                            headers: item.headers.clone(),
-                            dead: None,
-                        }
-                    }
-                    Err(e) => dead_letter(
-                        shared,
-                        item,
-                        ErrorClass::Fatal,
-                        "encode_failed",
-                        &e.to_string(),
-                    ),
+                let range = next..next + plan.texts.len();
+                next = range.end;
+                let labels =
+                    enrich::labels(plan, &enc.embeddings[range], &shared.targets, shared.scorer);
+                let rec = EnrichedRecord {
+                    source: SourceRef {
+                        id: ev.id().to_string(),
+                        topic: item.tp.0.clone(),
+                        partition: item.tp.1,
+                        offset: item.offset,
+                        timestamp_ms: item.timestamp_ms,
+                    },
+                    event_type: shared.cfg.pipeline.event_type.as_str().into(),
+                    labels,
+                    model_version: enc.model.version.clone(),
+                    taxonomy_versions: taxonomy_versions.clone(),
+                    processed_at: now.clone(),
+                };
+                OutRecord {
+                    topic: shared.cfg.kafka.output_topic.clone(),
+                    key: item.key.clone(),
+                    payload: serde_json::to_vec(&rec).expect("record serialises"),
+                    headers: item.headers.clone(),
+                    dead: None,
                 }
             }
             Verdict::Dead(e) => dead_letter(shared, item, e.class, e.reason, &e.msg),
@@ -492,14 +489,18 @@ async fn sink_stage(
     let name = shared.cfg.pipeline.name.clone();
     while let Some((batch, handle)) = rx.recv().await {
         let encoded = match handle.await {
-            Ok(r) => r,
-            Err(e) => Err(ModelError::Runtime(format!("encode task failed: {e}"))),
+            Ok(Ok(enc)) => enc,
+            // The encoder thread is gone or the model broke: nothing later would work, and
+            // these events stay uncommitted, to be re-delivered after a restart.
+            Ok(Err(e)) => {
+                let _ = fatal.send(Some(format!("encoder failed: {e}")));
+                return;
+            }
+            Err(e) => {
+                let _ = fatal.send(Some(format!("encode task failed: {e}")));
+                return;
+            }
         };
-        if let Err(e) = &encoded {
-            // The encoder thread is gone or the model broke: nothing later would work.
-            let _ = fatal.send(Some(format!("encoder failed: {e}")));
-            return;
-        }
         let started = Instant::now();
         let s2 = shared.clone();
         let (batch, outs) = tokio::task::spawn_blocking(move || {

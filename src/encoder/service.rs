@@ -1,11 +1,11 @@
 //! The encoder on its own thread, behind a queue.
 //!
 //! Async callers send a request and await a oneshot reply; the thread drains the queue,
-//! merges waiting requests into one call (up to the token budget) and replies to each.
+//! merges the waiting requests into one encoder call (which batches them by its token
+//! budget) and replies to each.
 //! A model swap is a message on the same queue, so it happens between batches.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
@@ -29,35 +29,22 @@ enum Msg {
     Swap(Box<Encoder>, oneshot::Sender<()>),
 }
 
-/// A handle to the encoder thread; cheap to clone.
+/// A handle to the encoder thread; cheap to clone. The thread ends when the last handle
+/// is dropped (its queue closes).
 #[derive(Clone)]
 pub struct EncoderService {
     tx: crossbeam_channel::Sender<Msg>,
-    _thread: Arc<ThreadGuard>,
-}
-
-struct ThreadGuard(Option<JoinHandle<()>>);
-
-impl Drop for ThreadGuard {
-    fn drop(&mut self) {
-        // The thread ends once every sender is gone; joining here would deadlock when the
-        // last handle is dropped on the thread itself, so it is detached.
-        self.0.take();
-    }
 }
 
 impl EncoderService {
     /// Moves `encoder` onto a new thread.
     pub fn spawn(encoder: Encoder) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
-        let handle = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("uwe-encoder".into())
             .spawn(move || run(encoder, rx))
             .expect("spawn encoder thread");
-        EncoderService {
-            tx,
-            _thread: Arc::new(ThreadGuard(Some(handle))),
-        }
+        EncoderService { tx }
     }
 
     /// Encodes `texts` on the encoder thread.
