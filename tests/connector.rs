@@ -17,6 +17,39 @@ struct Topics {
     group: String,
 }
 
+impl Topics {
+    /// A pipeline file over these topics.
+    fn pipeline(
+        &self,
+        name: &str,
+        event_type: &str,
+        format: &str,
+        delivery: &str,
+        http: &str,
+    ) -> String {
+        pipeline_toml(
+            name,
+            event_type,
+            &self.input,
+            &self.output,
+            &self.dlq,
+            &self.group,
+            format,
+            delivery,
+            http,
+        )
+    }
+}
+
+/// Where an enriched record's event was read: (partition, offset).
+fn source_pos(g: &Got) -> (i64, i64) {
+    let v = g.json();
+    (
+        v["source"]["partition"].as_i64().unwrap(),
+        v["source"]["offset"].as_i64().unwrap(),
+    )
+}
+
 fn topics(prefix: &str, partitions: i32) -> Topics {
     let t = Topics {
         input: unique(&format!("{prefix}-in")),
@@ -62,17 +95,7 @@ fn json_vacancies_poison_dead_lettered_sigterm_drains_and_commits() {
     );
     produce(&t.input, 3, &events);
     let http = free_addr();
-    let mut c = Connector::start(&pipeline_toml(
-        "vac",
-        "vacancy",
-        &t.input,
-        &t.output,
-        &t.dlq,
-        &t.group,
-        "json",
-        "at-least-once",
-        &http,
-    ));
+    let mut c = Connector::start(&t.pipeline("vac", "vacancy", "json", "at-least-once", &http));
 
     let out = consume_until(&t.output, Duration::from_secs(240), |g| g.len() >= 24);
     let dlq = consume_until(&t.dlq, Duration::from_secs(30), |g| g.len() >= 3);
@@ -238,17 +261,7 @@ fn avro_cvs_and_avro_vacancies_round_trip() {
     }
     events.push(("bad-frame".into(), b"not avro".to_vec()));
     produce(&t.input, 2, &events);
-    let mut c = Connector::start(&pipeline_toml(
-        "cvs",
-        "cv",
-        &t.input,
-        &t.output,
-        &t.dlq,
-        &t.group,
-        "avro",
-        "at-least-once",
-        &free_addr(),
-    ));
+    let mut c = Connector::start(&t.pipeline("cvs", "cv", "avro", "at-least-once", &free_addr()));
     let out = consume_until(&t.output, Duration::from_secs(240), |g| g.len() >= 4);
     let dlq = consume_until(&t.dlq, Duration::from_secs(30), |g| !g.is_empty());
     assert_eq!(out.len(), 4, "log:\n{}", c.log());
@@ -300,17 +313,8 @@ fn avro_cvs_and_avro_vacancies_round_trip() {
     ]);
     let body = apache_avro::to_avro_datum(&v1, rec).unwrap();
     produce(&t.input, 1, &[("old-1".into(), confluent_frame(1, &body))]);
-    let mut c = Connector::start(&pipeline_toml(
-        "vac-avro",
-        "vacancy",
-        &t.input,
-        &t.output,
-        &t.dlq,
-        &t.group,
-        "avro",
-        "at-least-once",
-        &free_addr(),
-    ));
+    let mut c =
+        Connector::start(&t.pipeline("vac-avro", "vacancy", "avro", "at-least-once", &free_addr()));
     let out = consume_until(&t.output, Duration::from_secs(240), |g| !g.is_empty());
     assert_eq!(out.len(), 1, "log:\n{}", c.log());
     let v = out[0].json();
@@ -330,44 +334,15 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     let t = topics("kill", 3);
     let events = json_events(vacancy_events(150, 400));
     produce(&t.input, 3, &events);
-    let c = Connector::start(&pipeline_toml(
-        "kill",
-        "vacancy",
-        &t.input,
-        &t.output,
-        &t.dlq,
-        &t.group,
-        "json",
-        "at-least-once",
-        &free_addr(),
-    ));
+    let c = Connector::start(&t.pipeline("kill", "vacancy", "json", "at-least-once", &free_addr()));
     // Wait until part of the stream is through, then kill without warning.
     let first = consume_until(&t.output, Duration::from_secs(240), |g| g.len() >= 20);
     assert!(first.len() >= 20, "log:\n{}", c.log());
     let mut c = c.kill_and_restart();
     let all = consume_until(&t.output, Duration::from_secs(300), |g| {
-        let seen: HashSet<(i64, i64)> = g
-            .iter()
-            .map(|r| {
-                let v = r.json();
-                (
-                    v["source"]["partition"].as_i64().unwrap(),
-                    v["source"]["offset"].as_i64().unwrap(),
-                )
-            })
-            .collect();
-        seen.len() >= 150
+        g.iter().map(source_pos).collect::<HashSet<_>>().len() >= 150
     });
-    let seen: HashSet<(i64, i64)> = all
-        .iter()
-        .map(|r| {
-            let v = r.json();
-            (
-                v["source"]["partition"].as_i64().unwrap(),
-                v["source"]["offset"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let seen: HashSet<(i64, i64)> = all.iter().map(source_pos).collect();
     for p in 0..3 {
         for o in 0..50 {
             assert!(
@@ -386,28 +361,8 @@ fn two_instances_share_partitions() {
     let t = topics("pair", 4);
     let cfg_a = free_addr();
     let cfg_b = free_addr();
-    let mut a = Connector::start(&pipeline_toml(
-        "pair",
-        "vacancy",
-        &t.input,
-        &t.output,
-        &t.dlq,
-        &t.group,
-        "json",
-        "at-least-once",
-        &cfg_a,
-    ));
-    let mut b = Connector::start(&pipeline_toml(
-        "pair",
-        "vacancy",
-        &t.input,
-        &t.output,
-        &t.dlq,
-        &t.group,
-        "json",
-        "at-least-once",
-        &cfg_b,
-    ));
+    let mut a = Connector::start(&t.pipeline("pair", "vacancy", "json", "at-least-once", &cfg_a));
+    let mut b = Connector::start(&t.pipeline("pair", "vacancy", "json", "at-least-once", &cfg_b));
     // Let both join before the data arrives, so both get partitions.
     let ready = |addr: &str| metric(addr, "uwe_model_info").is_some();
     let end = std::time::Instant::now() + Duration::from_secs(240);
@@ -441,17 +396,8 @@ fn exactly_once_mode_commits_records_and_offsets_in_transactions() {
     let mut events = json_events(vacancy_events(20, 300));
     events.push(("bad".into(), b"[]".to_vec()));
     produce(&t.input, 2, &events);
-    let mut c = Connector::start(&pipeline_toml(
-        "eos",
-        "vacancy",
-        &t.input,
-        &t.output,
-        &t.dlq,
-        &t.group,
-        "json",
-        "exactly-once",
-        &free_addr(),
-    ));
+    let mut c =
+        Connector::start(&t.pipeline("eos", "vacancy", "json", "exactly-once", &free_addr()));
     let out = consume_until(&t.output, Duration::from_secs(240), |g| g.len() >= 20);
     let dlq = consume_until(&t.dlq, Duration::from_secs(30), |g| !g.is_empty());
     assert_eq!(out.len(), 20, "log:\n{}", c.log());
