@@ -12,12 +12,15 @@ FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build /src/target/release/uwe-connect /usr/local/bin/uwe-connect
+COPY --from=build /src/target/release/uwe-trainer /usr/local/bin/uwe-trainer
+COPY --from=build /src/.uwe/base /app/.uwe/base
 COPY --from=build /src/.uwe/lib /app/.uwe/lib
 COPY --from=build /src/models/base /app/models/base
+COPY --from=build /src/models/uwe-minilm-l6 /app/models/uwe-minilm-l6
 COPY --from=build /src/data /app/data
 COPY --from=build /src/schemas /app/schemas
 COPY --from=build /src/connectors /app/connectors
-RUN ln -s base /app/models/default
+RUN ln -s uwe-minilm-l6 /app/models/default
 ENV ORT_DYLIB_PATH=/app/.uwe/lib/libonnxruntime.so UWE_CACHE_DIR=/app/cache
 EXPOSE 9464
 ENTRYPOINT ["uwe-connect"]

@@ -15,6 +15,7 @@
 //! - [`connector`]: the Kafka pipeline (config, codec, batcher, enrichment, sink, topology).
 //! - [`eval`]: MAP / RP@k / MRR on task files, dev-set converters.
 //! - [`text`]: sentence spans.
+//! - [`train`]: the trainer sidecar (training pairs, projection head on candle, eval gate).
 //! - [`telemetry`]: every metric name, in one place.
 //! - [`error`]: error domains and their classes (bad data, transient, fatal).
 
@@ -31,3 +32,4 @@ pub mod rank;
 pub mod space;
 pub mod telemetry;
 pub mod text;
+pub mod train;

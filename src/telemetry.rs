@@ -58,6 +58,10 @@ pub const IN_FLIGHT_EVENTS: &str = "uwe_in_flight_events";
 pub const DELIVERY_RETRIES_TOTAL: &str = "uwe_delivery_retries_total";
 /// 1 for the serving model version, by `pipeline` and `version`.
 pub const MODEL_INFO: &str = "uwe_model_info";
+/// Model swap attempts, by `outcome` (swapped, refused).
+pub const MODEL_SWAPS_TOTAL: &str = "uwe_model_swaps_total";
+/// Seconds from noticing a new model to serving it.
+pub const MODEL_SWAP_SECONDS: &str = "uwe_model_swap_seconds";
 
 /// Registers descriptions of the connector's metrics.
 pub fn describe_connector() {
@@ -93,4 +97,10 @@ pub fn describe_connector() {
         "Produce attempts retried after a transient failure"
     );
     metrics::describe_gauge!(MODEL_INFO, "1 for the serving model version");
+    metrics::describe_counter!(MODEL_SWAPS_TOTAL, "Model swap attempts by outcome");
+    metrics::describe_histogram!(
+        MODEL_SWAP_SECONDS,
+        metrics::Unit::Seconds,
+        "From noticing a new model to serving it"
+    );
 }

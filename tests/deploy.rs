@@ -27,6 +27,8 @@ fn exported() -> HashSet<&'static str> {
         t::IN_FLIGHT_EVENTS,
         t::DELIVERY_RETRIES_TOTAL,
         t::MODEL_INFO,
+        t::MODEL_SWAPS_TOTAL,
+        t::MODEL_SWAP_SECONDS,
     ]
     .into_iter()
     .collect()

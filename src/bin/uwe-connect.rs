@@ -44,6 +44,9 @@ struct RuntimeArgs {
     /// Cache of target-space embeddings.
     #[arg(long, env = "UWE_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Concept text to embed (label, label_description, label_aliases); default: the manifest's.
+    #[arg(long)]
+    target_text: Option<String>,
 }
 
 impl RuntimeArgs {
@@ -57,8 +60,14 @@ impl RuntimeArgs {
     }
 
     fn load_encoder(&self) -> anyhow::Result<Encoder> {
-        let dir = ModelDir::open(&self.model)
+        let mut dir = ModelDir::open(&self.model)
             .with_context(|| format!("opening model directory {}", self.model.display()))?;
+        if let Some(t) = &self.target_text {
+            dir.manifest.target_text = serde_json::from_value(serde_json::Value::String(t.clone()))
+                .with_context(|| {
+                    format!("--target-text {t:?}: use label, label_description or label_aliases")
+                })?;
+        }
         Ok(Encoder::load(&dir, &self.encoder_config())?)
     }
 
@@ -141,6 +150,17 @@ enum Cmd {
         #[arg(long, env = "UWE_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
     },
+    /// Point a model registry's `current` at an earlier version; running connectors swap to it.
+    ///
+    /// Example: uwe-connect rollback --registry registry            (the version before current)
+    ///          uwe-connect rollback --registry registry --to base-1
+    Rollback {
+        #[arg(long)]
+        registry: PathBuf,
+        /// Version to serve; default: the one published before the current one.
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Validate a pipeline file and say what is wrong.
     ///
     /// Example: uwe-connect check --config connectors/cvs.toml
@@ -194,6 +214,13 @@ enum Cmd {
         config: PathBuf,
         #[arg(long)]
         tokenizer: PathBuf,
+        /// Projection head from uwe-trainer (safetensors with head.weight).
+        #[arg(long)]
+        head: Option<PathBuf>,
+        /// Take name, version, scorer, training data and dev scores from this manifest (a
+        /// shipped trained model), and check that the rebuilt graph has its recorded sha256.
+        #[arg(long)]
+        manifest_from: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value = "all-MiniLM-L6-v2")]
@@ -344,6 +371,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?
                 .block_on(uwe_connect::demo::run(o))?;
         }
+        Cmd::Rollback { registry, to } => {
+            use uwe_connect::connector::swap;
+            let versions = swap::versions(&registry);
+            let current = swap::current_target(&registry)
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()));
+            let target = match to {
+                Some(v) => v,
+                None => {
+                    let pos = versions
+                        .iter()
+                        .position(|(_, v)| Some(v) == current.as_ref());
+                    match pos {
+                        Some(i) if i > 0 => versions[i - 1].1.clone(),
+                        _ => bail!(
+                            "{}: no version before {:?} to roll back to (versions: {:?})",
+                            registry.display(),
+                            current,
+                            versions.iter().map(|v| &v.1).collect::<Vec<_>>()
+                        ),
+                    }
+                }
+            };
+            swap::set_current(&registry, &target)
+                .with_context(|| format!("pointing {}/current at {target}", registry.display()))?;
+            println!(
+                "{}/current -> {target} (was {})",
+                registry.display(),
+                current.unwrap_or_else(|| "nothing".into())
+            );
+        }
         Cmd::Check { config } => {
             let cfg = PipelineConfig::load(&config)?;
             uwe_connect::connector::codec::Codec::new(&cfg.codec, cfg.pipeline.event_type)?;
@@ -429,6 +486,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weights,
             config,
             tokenizer,
+            head,
+            manifest_from,
             out,
             name,
             version,
@@ -438,10 +497,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             temperature,
             rerank_top,
         } => {
-            let spec = BuildSpec {
+            let mut spec = BuildSpec {
                 config,
                 weights,
                 tokenizer,
+                head,
                 name,
                 version,
                 base_model,
@@ -457,7 +517,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 training_data: vec![],
                 dev_scores: Default::default(),
             };
+            let recorded = match &manifest_from {
+                Some(p) => {
+                    let m: model::Manifest = serde_json::from_str(
+                        &std::fs::read_to_string(p)
+                            .with_context(|| format!("reading {}", p.display()))?,
+                    )
+                    .with_context(|| format!("{}: not a model manifest", p.display()))?;
+                    spec.name = m.name.clone();
+                    spec.version = m.version.clone();
+                    spec.base_model = m.base_model.clone();
+                    spec.max_seq_len = m.max_seq_len;
+                    spec.scorer = m.scorer;
+                    spec.target_text = m.target_text;
+                    spec.training_data = m.training_data.clone();
+                    spec.dev_scores = m.dev_scores.clone();
+                    Some(m)
+                }
+                None => None,
+            };
             let dir = model::build_model_dir(&spec, &out)?;
+            if let Some(m) = recorded {
+                if m.files.get(model::ONNX_FILE) != dir.manifest.files.get(model::ONNX_FILE) {
+                    std::fs::remove_dir_all(&out).ok();
+                    bail!(
+                        "the rebuilt {} does not have the sha256 recorded in the shipped manifest: the base weights or head differ from the ones it was trained with",
+                        model::ONNX_FILE
+                    );
+                }
+            }
             eprintln!(
                 "built {} ({} {}, dim {}, window {})",
                 dir.path.display(),

@@ -197,6 +197,14 @@ pub struct ModelSection {
     pub data_dir: PathBuf,
     /// Cache of target-space embeddings (default: `~/.cache/uwe-connect`).
     pub cache_dir: Option<PathBuf>,
+    /// Model registry folder to follow (`<registry>/current`); models are hot-swapped.
+    pub registry: Option<PathBuf>,
+    /// Serve this registry version and never swap.
+    pub pin: Option<String>,
+    /// How often the registry is checked, in milliseconds.
+    pub watch_interval_ms: u64,
+    /// Control topic whose announcements trigger an immediate check.
+    pub control_topic: Option<String>,
 }
 
 impl Default for ModelSection {
@@ -205,6 +213,10 @@ impl Default for ModelSection {
             dir: PathBuf::from("models/default"),
             data_dir: PathBuf::from("data"),
             cache_dir: None,
+            registry: None,
+            pin: None,
+            watch_interval_ms: 5000,
+            control_topic: None,
         }
     }
 }
@@ -402,6 +414,12 @@ impl PipelineConfig {
         }
         if self.batching.max_batch_tokens < 16 {
             errs.push("`batching.max_batch_tokens` must be at least 16".into());
+        }
+        if self.model.pin.is_some() && self.model.registry.is_none() {
+            errs.push("`model.pin` needs `model.registry`".into());
+        }
+        if self.model.registry.is_some() && self.model.watch_interval_ms < 100 {
+            errs.push("`model.watch_interval_ms` must be at least 100".into());
         }
         if self.batching.max_in_flight == 0 {
             errs.push("`batching.max_in_flight` must be > 0".into());

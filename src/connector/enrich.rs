@@ -9,7 +9,7 @@ use super::config::{Mode, TargetSection};
 use super::event::Event;
 use crate::encoder::TextEmbedding;
 use crate::model::ScorerSpec;
-use crate::rank::rank;
+use crate::rank::rank_many;
 use crate::space::cache::EncodedSpace;
 use crate::text::{char_offset, sentence_spans};
 
@@ -156,13 +156,16 @@ pub fn labels(
 ) -> BTreeMap<String, Vec<Label>> {
     let mut out: BTreeMap<String, Vec<Label>> = BTreeMap::new();
     for (ti, t) in targets.iter().enumerate() {
-        let units = plan.units.iter().filter(|u| u.target == ti);
+        let units: Vec<&Unit> = plan.units.iter().filter(|u| u.target == ti).collect();
+        let queries: Vec<&TextEmbedding> =
+            units.iter().map(|u| embeddings[u.text].as_ref()).collect();
+        let ranked = rank_many(&t.space, &queries, t.cfg.k, scorer);
+        let units = units.into_iter().zip(ranked);
         let concepts = &t.space.space.concepts;
         let mut labels: Vec<Label> = Vec::new();
         match t.cfg.mode {
             Mode::Whole => {
-                for u in units {
-                    let hits = rank(&t.space, &embeddings[u.text], t.cfg.k, scorer);
+                for (u, hits) in units {
                     labels.extend(
                         hits.into_iter()
                             .filter(|h| h.score >= t.cfg.min_score)
@@ -180,8 +183,8 @@ pub fn labels(
             Mode::Sentences => {
                 // Each concept keeps its best-scoring sentence.
                 let mut best: std::collections::HashMap<usize, (f32, &Unit)> = Default::default();
-                for u in units {
-                    for h in rank(&t.space, &embeddings[u.text], t.cfg.k, scorer) {
+                for (u, hits) in units {
+                    for h in hits {
                         if h.score < t.cfg.min_score {
                             continue;
                         }

@@ -22,6 +22,7 @@ pub mod http;
 pub mod kafka;
 pub mod offsets;
 pub mod pipeline;
+pub mod swap;
 
 pub use config::PipelineConfig;
 pub use pipeline::{run, ConnectorError};

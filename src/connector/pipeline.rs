@@ -14,16 +14,14 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use super::batcher::Batcher;
 use super::codec::{Codec, CodecSetupError, DecodeError};
 use super::config::{Delivery, PipelineConfig};
-use super::enrich::{self, EnrichedRecord, Plan, SourceRef, Target};
+use super::enrich::{self, EnrichedRecord, Plan, SourceRef};
 use super::event::Event;
 use super::http::Health;
 use super::kafka::{self, copy_headers, Ctx, OutRecord};
 use super::offsets::{OffsetTracker, Tp};
+use super::swap::{self, Servings};
 use crate::encoder::service::{Encoded, EncoderService};
-use crate::encoder::Encoder;
 use crate::error::{ErrorClass, ModelError};
-use crate::model::{ModelDir, ScorerSpec};
-use crate::space::{cache, TargetSpace};
 use crate::telemetry as t;
 
 /// Why the connector stopped with an error. All of these are fatal.
@@ -77,12 +75,11 @@ struct Item {
 
 struct Shared {
     cfg: PipelineConfig,
-    targets: Vec<Target>,
+    servings: Servings,
     consumer: StreamConsumer<Ctx>,
     producer: FutureProducer,
     tracker: OffsetTracker,
     encoder: EncoderService,
-    scorer: ScorerSpec,
 }
 
 /// Loads the model and spaces, connects to Kafka and runs the pipeline until `shutdown`
@@ -97,33 +94,17 @@ pub async fn run(
 
     // Model and target spaces, off the async threads.
     let cfg2 = cfg.clone();
-    let (encoder, targets, scorer) =
-        tokio::task::spawn_blocking(move || -> Result<_, ModelError> {
-            let dir = ModelDir::open(&cfg2.model.dir)?;
-            let mut enc = Encoder::load(&dir, &cfg2.encoder)?;
-            let cache_dir = cfg2
-                .model
-                .cache_dir
-                .clone()
-                .unwrap_or_else(cache::default_cache_dir);
-            let mut targets = Vec::new();
-            for tc in &cfg2.targets {
-                let space = Arc::new(TargetSpace::resolve(&tc.space, &cfg2.model.data_dir)?);
-                let s = cache::load_or_encode(space, &mut enc, &cache_dir, true)?;
-                targets.push(Target {
-                    cfg: tc.clone(),
-                    space: Arc::new(s),
-                });
-            }
-            let scorer = dir.manifest.scorer;
-            Ok((enc, targets, scorer))
-        })
-        .await
-        .map_err(|e| ConnectorError::Stage(format!("model loader panicked: {e}")))??;
+    let dir = swap::initial_model_dir(&cfg);
+    let (encoder, serving) =
+        tokio::task::spawn_blocking(move || swap::load_serving(&dir, &cfg2, true))
+            .await
+            .map_err(|e| ConnectorError::Stage(format!("model loader panicked: {e}")))??;
     let model_version = encoder.manifest().version.clone();
     tracing::info!(pipeline = %name, model = %model_version, device = ?encoder.device(), "model loaded");
     metrics::gauge!(t::MODEL_INFO, "pipeline" => name.clone(), "version" => model_version.clone())
         .set(1.0);
+    let servings = Servings::default();
+    servings.insert(model_version.clone(), serving, &model_version);
     let encoder = EncoderService::spawn(encoder);
 
     let producer: FutureProducer = kafka::producer_config(&cfg).create()?;
@@ -139,13 +120,21 @@ pub async fn run(
 
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
-        targets,
+        servings,
         consumer,
         producer,
         tracker: OffsetTracker::default(),
         encoder,
-        scorer,
     });
+    let watcher = match (&cfg.model.registry, &cfg.model.pin) {
+        (Some(registry), None) => Some(tokio::spawn(watch_registry(
+            shared.clone(),
+            registry.clone(),
+            model_version.clone(),
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(pipeline = %name, topics = ?cfg.kafka.input_topics, delivery = ?cfg.kafka.delivery, "consuming");
 
@@ -224,6 +213,9 @@ pub async fn run(
     // Drain: close the source, let the batcher and sink finish, wait for acknowledgements.
     tracing::info!(pipeline = %name, in_flight = shared.tracker.in_flight(), "draining");
     drop(item_tx);
+    if let Some(w) = watcher {
+        w.abort();
+    }
     let _ = batcher.await;
     let sink_result = sink.await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -391,7 +383,12 @@ async fn dispatch(shared: &Arc<Shared>, batch: Vec<Item>, tx: &mpsc::Sender<Disp
 fn build_outputs(shared: &Shared, batch: &[Item], enc: &Encoded) -> Vec<OutRecord> {
     let mut next = 0usize;
     let now = crate::model::now_rfc3339();
-    let taxonomy_versions: std::collections::BTreeMap<String, String> = shared
+    // The spaces of the model that encoded this batch, even if another serves by now.
+    let serving = shared
+        .servings
+        .get(&enc.model.version)
+        .expect("a model's spaces stay registered while its batches are in flight");
+    let taxonomy_versions: std::collections::BTreeMap<String, String> = serving
         .targets
         .iter()
         .map(|t| (t.cfg.name.clone(), t.space.space.taxonomy_version.clone()))
@@ -402,8 +399,12 @@ fn build_outputs(shared: &Shared, batch: &[Item], enc: &Encoded) -> Vec<OutRecor
             Verdict::Good(ev, plan) => {
                 let range = next..next + plan.texts.len();
                 next = range.end;
-                let labels =
-                    enrich::labels(plan, &enc.embeddings[range], &shared.targets, shared.scorer);
+                let labels = enrich::labels(
+                    plan,
+                    &enc.embeddings[range],
+                    &serving.targets,
+                    serving.scorer,
+                );
                 let rec = EnrichedRecord {
                     source: SourceRef {
                         id: ev.id().to_string(),
@@ -652,4 +653,90 @@ async fn send_transaction(
         record_delivered(&shared.cfg.pipeline.name, out, item.timestamp_ms);
     }
     Ok(())
+}
+
+/// Follows `registry/current` and swaps models between batches (see [`swap`]).
+async fn watch_registry(
+    shared: Arc<Shared>,
+    registry: std::path::PathBuf,
+    mut serving: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let name = shared.cfg.pipeline.name.clone();
+    let every = Duration::from_millis(shared.cfg.model.watch_interval_ms);
+    let mut announcements = shared.cfg.model.control_topic.as_ref().and_then(|topic| {
+        let c: Result<StreamConsumer, _> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &shared.cfg.kafka.brokers)
+            .set("group.id", format!("{}-control-{}", shared.cfg.kafka.group_id, std::process::id()))
+            .set("auto.offset.reset", "latest")
+            .create();
+        match c.and_then(|c| c.subscribe(&[topic]).map(|_| c)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "cannot follow the control topic; polling the registry only");
+                None
+            }
+        }
+    });
+    let mut refused: Option<std::path::PathBuf> = None;
+    let mut serving_path = swap::current_target(&registry);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {},
+            _ = shutdown.changed() => return,
+            m = async { match &announcements { Some(c) => c.recv().await.map(|_| ()), None => std::future::pending().await } } => {
+                if let Err(e) = m {
+                    tracing::warn!(error = %e, "control topic error");
+                    announcements = None;
+                }
+            }
+        }
+        let Some(target) = swap::current_target(&registry) else {
+            continue;
+        };
+        if Some(&target) == serving_path.as_ref() || Some(&target) == refused.as_ref() {
+            continue;
+        }
+        tracing::info!(pipeline = %name, candidate = %target.display(), "new model in the registry, loading it in the background");
+        let started = Instant::now();
+        let cfg = shared.cfg.clone();
+        let dir = target.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || swap::load_serving(&dir, &cfg, false)).await;
+        let (encoder, new_serving) = match loaded {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::error!(pipeline = %name, model = %target.display(), error = %e, "model refused; the current model keeps serving");
+                swap::record_swap("refused");
+                refused = Some(target);
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %name, model = %target.display(), error = %e, "model loader crashed; the current model keeps serving");
+                swap::record_swap("refused");
+                refused = Some(target);
+                continue;
+            }
+        };
+        let version = encoder.manifest().version.clone();
+        shared
+            .servings
+            .insert(version.clone(), new_serving, &serving);
+        if let Err(e) = shared.encoder.swap(encoder).await {
+            tracing::error!(error = %e, "swap failed");
+            swap::record_swap("refused");
+            refused = Some(target);
+            continue;
+        }
+        metrics::gauge!(t::MODEL_INFO, "pipeline" => name.clone(), "version" => serving.clone())
+            .set(0.0);
+        metrics::gauge!(t::MODEL_INFO, "pipeline" => name.clone(), "version" => version.clone())
+            .set(1.0);
+        metrics::histogram!(t::MODEL_SWAP_SECONDS).record(started.elapsed().as_secs_f64());
+        swap::record_swap("swapped");
+        tracing::info!(pipeline = %name, from = %serving, to = %version, seconds = started.elapsed().as_secs_f64(), "model swapped");
+        serving = version;
+        serving_path = Some(target);
+        refused = None;
+    }
 }

@@ -332,6 +332,24 @@ impl Encoder {
     /// Runs one padded batch; returns (pooled, normalised word-piece rows) per window.
     fn run_batch(&mut self, batch: &[&Window], seq: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
         let dim = self.manifest.dim;
+        let raw = self.run_raw(batch, seq)?;
+        Ok(raw
+            .into_iter()
+            .map(|(pooled, rows)| {
+                // Drop [CLS] and [SEP]: late interaction compares word pieces.
+                let mut t = rows[dim..rows.len() - dim].to_vec();
+                for row in t.chunks_mut(dim) {
+                    normalize(row);
+                }
+                (pooled, t)
+            })
+            .collect())
+    }
+
+    /// Runs one padded batch; returns (pooled, raw last hidden states of `[CLS] ids [SEP]`)
+    /// per window.
+    fn run_raw(&mut self, batch: &[&Window], seq: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        let dim = self.manifest.dim;
         let b = batch.len();
         let mut ids = vec![self.pad as i64; b * seq];
         let mut mask = vec![0i64; b * seq];
@@ -365,18 +383,48 @@ impl Encoder {
                 "graph outputs have shapes {tshape:?} and {pshape:?}; the manifest says dim {dim}"
             )));
         }
-        let mut out = Vec::with_capacity(b);
-        for (r, w) in batch.iter().enumerate() {
-            let p = pooled[r * dim..(r + 1) * dim].to_vec();
-            let n = w.ids.len();
-            let base = (r * seq + 1) * dim;
-            let mut t = tokens[base..base + n * dim].to_vec();
-            for row in t.chunks_mut(dim) {
-                normalize(row);
-            }
-            out.push((p, t));
-        }
+        let out = batch
+            .iter()
+            .enumerate()
+            .map(|(r, w)| {
+                let base = r * seq * dim;
+                (
+                    pooled[r * dim..(r + 1) * dim].to_vec(),
+                    tokens[base..base + (w.ids.len() + 2) * dim].to_vec(),
+                )
+            })
+            .collect();
         crate::telemetry::encode_batch(b, b * seq, started.elapsed());
+        Ok(out)
+    }
+
+    /// Raw last hidden states of `[CLS] text [SEP]` (`rows × dim`, unnormalised), each text
+    /// cut to one window. The trainer learns its projection head on these.
+    pub fn hidden_states<S: AsRef<str>>(&mut self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+        let strs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
+        let encs = self
+            .tokenizer
+            .encode_batch(strs, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let limit = self.manifest.max_seq_len - 2;
+        let windows: Vec<Window> = encs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Window {
+                text: i,
+                ids: e.get_ids()[..e.len().min(limit)].to_vec(),
+            })
+            .collect();
+        let mut out = vec![Vec::new(); windows.len()];
+        let mut order: Vec<usize> = (0..windows.len()).collect();
+        order.sort_by_key(|&i| windows[i].ids.len());
+        for chunk in order.chunks(64) {
+            let batch: Vec<&Window> = chunk.iter().map(|&i| &windows[i]).collect();
+            let seq = batch.iter().map(|w| w.ids.len() + 2).max().unwrap_or(2);
+            for (&i, (_, rows)) in chunk.iter().zip(self.run_raw(&batch, seq)?) {
+                out[i] = rows;
+            }
+        }
         Ok(out)
     }
 }

@@ -54,11 +54,16 @@ fn default_act() -> String {
     "gelu".into()
 }
 
+/// Name of the optional projection head's weight (`[hidden, hidden]`, applied as `x · Wᵀ`
+/// to every token state before pooling), written by `uwe-trainer`.
+pub const HEAD_WEIGHT: &str = "head.weight";
+
 /// Collects nodes and initializers with unique value names.
 struct Builder<'a> {
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
-    weights: &'a SafeTensors<'a>,
+    /// Weight files, searched in order.
+    weights: Vec<&'a SafeTensors<'a>>,
     used: HashMap<String, ()>,
     n: usize,
 }
@@ -137,8 +142,9 @@ impl<'a> Builder<'a> {
         }
         let t = self
             .weights
-            .tensor(name)
-            .map_err(|e| ModelError::Weights(format!("missing weight {name}: {e}")))?;
+            .iter()
+            .find_map(|w| w.tensor(name).ok())
+            .ok_or_else(|| ModelError::Weights(format!("missing weight {name}")))?;
         if t.dtype() != Dtype::F32 {
             return Err(ModelError::Weights(format!(
                 "weight {name} has dtype {:?}, expected F32",
@@ -208,8 +214,13 @@ fn tensor_value(name: &str, elem: i32, dims: &[Result<i64, &str>]) -> ValueInfoP
     }
 }
 
-/// Builds the encoder graph and returns the serialised ONNX model.
-pub fn build_bert_onnx(cfg: &BertConfig, weights: &SafeTensors<'_>) -> Result<Vec<u8>> {
+/// Builds the encoder graph and returns the serialised ONNX model. With `head`, the
+/// projection head [`HEAD_WEIGHT`] is applied to the last hidden states.
+pub fn build_bert_onnx(
+    cfg: &BertConfig,
+    weights: &SafeTensors<'_>,
+    head: Option<&SafeTensors<'_>>,
+) -> Result<Vec<u8>> {
     if cfg.hidden_act != "gelu" {
         return Err(ModelError::Weights(format!(
             "hidden_act {:?} is not supported (only gelu)",
@@ -228,7 +239,7 @@ pub fn build_bert_onnx(cfg: &BertConfig, weights: &SafeTensors<'_>) -> Result<Ve
     let mut b = Builder {
         nodes: vec![],
         inits: vec![],
-        weights,
+        weights: std::iter::once(weights).chain(head).collect(),
         used: HashMap::new(),
         n: 0,
     };
@@ -314,6 +325,11 @@ pub fn build_bert_onnx(cfg: &BertConfig, weights: &SafeTensors<'_>) -> Result<Ve
         let o = b.linear(&g, &format!("{p}.output.dense"), h, cfg.intermediate_size)?;
         let o = b.op("Add", &[&o, &ao], vec![]);
         x = b.layer_norm(&o, &format!("{p}.output.LayerNorm"), h, cfg.layer_norm_eps)?;
+    }
+    if head.is_some() {
+        let w = b.weight(HEAD_WEIGHT, &[h, h])?;
+        let wt = b.op("Transpose", &[&w], vec![attr_ints("perm", &[1, 0])]);
+        x = b.op("MatMul", &[&x, &wt], vec![]);
     }
     b.op_named("Identity", &[&x], vec![], OUTPUT_TOKENS);
 

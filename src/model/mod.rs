@@ -55,6 +55,9 @@ pub enum TargetText {
     Label,
     /// The preferred label, a colon and the description.
     LabelDescription,
+    /// The preferred label followed by the alternative labels (comma-separated, within
+    /// one model window): the concept's embedding then covers the names people use.
+    LabelAliases,
 }
 
 /// The manifest of a model directory.
@@ -77,6 +80,9 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
     /// sha256 of the safetensors weights the graph was written from.
     pub weights_sha256: String,
+    /// sha256 of the projection head's safetensors, when the model has one.
+    #[serde(default)]
+    pub head_sha256: Option<String>,
     /// Default scorer and its parameters.
     pub scorer: ScorerSpec,
     /// Which concept text is embedded.
@@ -210,6 +216,8 @@ pub struct BuildSpec {
     pub weights: PathBuf,
     /// `tokenizer.json`.
     pub tokenizer: PathBuf,
+    /// Optional projection head (`head.weight`), from `uwe-trainer`.
+    pub head: Option<PathBuf>,
     /// Model family name.
     pub name: String,
     /// Version string.
@@ -243,7 +251,17 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
             spec.weights.display()
         ))
     })?;
-    let onnx = graph::build_bert_onnx(&bert, &st)?;
+    let head_bytes = match &spec.head {
+        Some(p) => Some(std::fs::read(p).map_err(ModelError::io(p))?),
+        None => None,
+    };
+    let head = match (&head_bytes, &spec.head) {
+        (Some(b), Some(p)) => Some(safetensors::SafeTensors::deserialize(b).map_err(|e| {
+            ModelError::Weights(format!("{}: not a safetensors file: {e}", p.display()))
+        })?),
+        _ => None,
+    };
+    let onnx = graph::build_bert_onnx(&bert, &st, head.as_ref())?;
     let tok = std::fs::read(&spec.tokenizer).map_err(ModelError::io(&spec.tokenizer))?;
     tokenizers::Tokenizer::from_bytes(&tok)
         .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", spec.tokenizer.display())))?;
@@ -259,6 +277,7 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
         max_seq_len: spec.max_seq_len.min(bert.max_position_embeddings),
         files,
         weights_sha256: sha256_bytes(&weights),
+        head_sha256: head_bytes.as_deref().map(sha256_bytes),
         scorer: spec.scorer,
         target_text: spec.target_text,
         bert,

@@ -103,6 +103,49 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<Hit> {
         .collect()
 }
 
+/// Pooled cosines of several queries at once: the space is walked in blocks that stay in
+/// cache while every query is scored against them, so it is read from memory once per
+/// call instead of once per query.
+pub fn pooled_scores_many(space: &EncodedSpace, qs: &[&TextEmbedding]) -> Vec<Vec<f32>> {
+    const BLOCK: usize = 128;
+    let n = space.len();
+    let mut out = vec![vec![0f32; n]; qs.len()];
+    for start in (0..n).step_by(BLOCK) {
+        let end = (start + BLOCK).min(n);
+        for (q, row) in qs.iter().zip(out.iter_mut()) {
+            for (i, r) in row[start..end].iter_mut().enumerate() {
+                *r = dot(space.pooled_of(start + i), &q.pooled);
+            }
+        }
+    }
+    out
+}
+
+/// [`rank`] for several queries, sharing one pass over the space.
+pub fn rank_many(
+    space: &EncodedSpace,
+    qs: &[&TextEmbedding],
+    k: usize,
+    scorer: ScorerSpec,
+) -> Vec<Vec<Hit>> {
+    let live: Vec<&TextEmbedding> = qs.iter().copied().filter(|q| !q.is_empty()).collect();
+    let mut scores = pooled_scores_many(space, &live).into_iter();
+    qs.iter()
+        .map(|q| {
+            if q.is_empty() || space.is_empty() {
+                return vec![];
+            }
+            rank_with_pooled(
+                space,
+                q,
+                scores.next().expect("one row per live query"),
+                k,
+                scorer,
+            )
+        })
+        .collect()
+}
+
 /// Ranks the space for `q` and returns the best `k` (k = 0: the whole space, for eval).
 /// With a late scorer and `rerank_top > 0`, only the pooled top `rerank_top` are rescored
 /// and placed first; the rest follow in pooled order with their pooled scores.
@@ -110,8 +153,17 @@ pub fn rank(space: &EncodedSpace, q: &TextEmbedding, k: usize, scorer: ScorerSpe
     if q.is_empty() || space.is_empty() {
         return vec![];
     }
+    rank_with_pooled(space, q, pooled_scores(space, q), k, scorer)
+}
+
+fn rank_with_pooled(
+    space: &EncodedSpace,
+    q: &TextEmbedding,
+    pooled: Vec<f32>,
+    k: usize,
+    scorer: ScorerSpec,
+) -> Vec<Hit> {
     let want = if k == 0 { space.len() } else { k };
-    let pooled = pooled_scores(space, q);
     match scorer {
         ScorerSpec::Pooled => top_k(&pooled, want),
         ScorerSpec::Late {
@@ -171,6 +223,76 @@ mod tests {
         assert!((late_score(&q, &t, dim, 1e-3, &mut s) - 1.0).abs() < 1e-4);
         // Large τ: uniform attention, the mean cosine (1 + 0) / 2.
         assert!((late_score(&q, &t, dim, 1e6, &mut s) - 0.5).abs() < 1e-4);
+    }
+
+    fn space(n: usize, dim: usize) -> EncodedSpace {
+        let concepts = (0..n)
+            .map(|i| crate::space::Concept {
+                id: i.to_string(),
+                label: i.to_string(),
+                aliases: vec![],
+                description: None,
+            })
+            .collect();
+        let space = std::sync::Arc::new(crate::space::TargetSpace {
+            name: "t".into(),
+            taxonomy_version: "t".into(),
+            concepts,
+            sha256: String::new(),
+        });
+        let mut pooled = Vec::new();
+        let mut tokens = Vec::new();
+        let mut offsets = vec![0];
+        for i in 0..n {
+            let mut v: Vec<f32> = (0..dim)
+                .map(|d| ((i * 7 + d * 3) % 11) as f32 - 5.0)
+                .collect();
+            crate::encoder::normalize(&mut v);
+            pooled.extend_from_slice(&v);
+            tokens.extend(v.iter().map(|&x| f16::from_f32(x)));
+            tokens.extend(v.iter().rev().map(|&x| f16::from_f32(x)));
+            offsets.push(offsets.last().unwrap() + 2);
+        }
+        EncodedSpace {
+            space,
+            dim,
+            pooled,
+            offsets,
+            tokens,
+            model_version: "m".into(),
+        }
+    }
+
+    #[test]
+    fn rank_many_equals_rank_one_by_one() {
+        let s = space(300, 16);
+        let qs: Vec<TextEmbedding> = (0..5)
+            .map(|j| {
+                let mut v: Vec<f32> = (0..16).map(|d| ((j * 5 + d) % 7) as f32 - 3.0).collect();
+                crate::encoder::normalize(&mut v);
+                TextEmbedding {
+                    tokens: v.clone(),
+                    pooled: v,
+                    n_tokens: 1,
+                    n_windows: 1,
+                }
+            })
+            .chain(std::iter::once(TextEmbedding::default()))
+            .collect();
+        let refs: Vec<&TextEmbedding> = qs.iter().collect();
+        for scorer in [
+            ScorerSpec::Pooled,
+            ScorerSpec::Late {
+                temperature: 0.1,
+                rerank_top: 20,
+            },
+        ] {
+            let many = rank_many(&s, &refs, 10, scorer);
+            for (q, m) in qs.iter().zip(&many) {
+                assert_eq!(&rank(&s, q, 10, scorer), m);
+            }
+            assert!(many.last().unwrap().is_empty(), "empty query, no labels");
+        }
     }
 
     #[test]

@@ -75,6 +75,18 @@ impl TargetSpace {
         let c = &self.concepts[i];
         match (how, &c.description) {
             (TargetText::LabelDescription, Some(d)) if !d.is_empty() => format!("{}: {d}", c.label),
+            (TargetText::LabelAliases, _) if !c.aliases.is_empty() => {
+                // About 600 characters stay within a 256-token window.
+                let mut t = c.label.clone();
+                for a in c.aliases.iter().filter(|a| *a != &c.label) {
+                    if t.len() + a.len() + 2 > 600 {
+                        break;
+                    }
+                    t.push_str(", ");
+                    t.push_str(a);
+                }
+                t
+            }
             _ => c.label.clone(),
         }
     }

@@ -1,0 +1,332 @@
+//! `uwe-trainer`: the sidecar that retrains the model, gates it on the dev tasks and
+//! publishes it into the model registry the connector watches.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use uwe_connect::encoder::{Device, Encoder, EncoderConfig};
+use uwe_connect::model::{self, ModelDir, ScorerSpec};
+use uwe_connect::space::cache;
+use uwe_connect::train::{self, data, head::Objective, TrainSpec};
+
+#[derive(Parser)]
+#[command(
+    name = "uwe-trainer",
+    version,
+    about = "Retrain the UWE encoder on work data, gate it on the dev tasks, publish it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a candidate, evaluate it against the current model, publish it if it is at least as good.
+    ///
+    /// Example: uwe-trainer train --steps 3000 --registry registry
+    Train {
+        /// Base model directory (its encoder is kept; the head is trained on its states).
+        #[arg(long, default_value = "models/base")]
+        base: PathBuf,
+        /// Folder with the base weights (model.safetensors, config.json), from scripts/setup.
+        #[arg(long, default_value = ".uwe/base")]
+        base_files: PathBuf,
+        /// Model registry: versions are published as <registry>/<version>, `current` points at the newest.
+        #[arg(long, default_value = "registry")]
+        registry: PathBuf,
+        /// Model the candidate must beat (default: <registry>/current, else models/default).
+        #[arg(long)]
+        current: Option<PathBuf>,
+        /// Required MAP gain on every dev task (points; negative tolerates a loss).
+        #[arg(long, default_value_t = 0.0)]
+        margin: f64,
+        #[arg(long, default_value_t = 2000)]
+        steps: usize,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        /// Soft late-interaction temperature τ (recorded in the manifest).
+        #[arg(long, default_value_t = 0.05)]
+        temperature: f32,
+        /// InfoNCE temperature.
+        #[arg(long, default_value_t = 0.05)]
+        nce_temperature: f32,
+        /// Analysts' feedback pairs, JSONL {"text", "label_id"}.
+        #[arg(long)]
+        feedback: Option<PathBuf>,
+        /// Sources to leave out: occupation_alias, skill_alias, skill_description, skillskape.
+        #[arg(long, value_delimiter = ',')]
+        skip: Vec<String>,
+        /// Occupation → essential skills pairs per occupation.
+        #[arg(long, default_value_t = 3)]
+        occupation_skills: usize,
+        /// Use at most this many training pairs (0: all), for quick runs.
+        #[arg(long, default_value_t = 0)]
+        max_pairs: usize,
+        /// Checkpoint folder; with --resume, the run continues from it.
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 500)]
+        checkpoint_every: usize,
+        #[arg(long)]
+        resume: bool,
+        /// Kafka brokers and control topic to announce a published model on.
+        #[arg(long)]
+        brokers: Option<String>,
+        #[arg(long, default_value = "uwe.models")]
+        control_topic: String,
+        #[arg(long, env = "UWE_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "UWE_THREADS", default_value_t = 0)]
+        threads: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UWE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn mean_map(s: &BTreeMap<String, uwe_connect::eval::Report>) -> f64 {
+    s.values().map(|r| r.map).sum::<f64>() / s.len().max(1) as f64
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cmd::Train {
+        base,
+        base_files,
+        registry,
+        current,
+        margin,
+        steps,
+        batch,
+        lr,
+        warmup,
+        temperature,
+        nce_temperature,
+        feedback,
+        skip,
+        occupation_skills,
+        max_pairs,
+        checkpoint_dir,
+        checkpoint_every,
+        resume,
+        brokers,
+        control_topic,
+        data_dir,
+        threads,
+    } = cli.cmd;
+    let ecfg = EncoderConfig {
+        device: Device::Cpu,
+        intra_threads: threads,
+        cache_bytes: 0,
+        ..Default::default()
+    };
+    let base_dir =
+        ModelDir::open(&base).with_context(|| format!("base model {}", base.display()))?;
+    let mut enc = Encoder::load(&base_dir, &ecfg)?;
+
+    let dspec = data::DataSpec {
+        occupation_aliases: !skip.iter().any(|s| s == "occupation_alias"),
+        skill_aliases: !skip.iter().any(|s| s == "skill_alias"),
+        skill_descriptions: !skip.iter().any(|s| s == "skill_description"),
+        occupation_skills,
+        skillskape: (!skip.iter().any(|s| s == "skillskape"))
+            .then(|| data_dir.join("training/skillskape/train.csv")),
+        feedback,
+    };
+    let mut pairs = data::build_pairs(&data_dir, &dspec)?;
+    if max_pairs > 0 && pairs.len() > max_pairs {
+        // Keep every source represented: take an even stride through the list.
+        let stride = pairs.len() / max_pairs;
+        pairs = pairs
+            .into_iter()
+            .step_by(stride.max(1))
+            .take(max_pairs)
+            .collect();
+    }
+    let (train_pairs, dev_pairs) = data::split_dev(pairs, 20);
+    let mut by_source: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &train_pairs {
+        *by_source.entry(p.source).or_default() += 1;
+    }
+    eprintln!(
+        "training pairs: {} ({by_source:?}), held out: {}",
+        train_pairs.len(),
+        dev_pairs.len()
+    );
+    let spec = TrainSpec {
+        batch,
+        steps,
+        lr,
+        warmup,
+        objective: Objective {
+            late_temperature: temperature,
+            nce_temperature,
+        },
+        seed: 42,
+        checkpoint_dir: checkpoint_dir.clone(),
+        checkpoint_every,
+        resume,
+        progress: true,
+    };
+    if let Some(d) = &checkpoint_dir {
+        std::fs::create_dir_all(d)?;
+    }
+    let (head, report) = train::train(&mut enc, &train_pairs, &dev_pairs, &spec)?;
+    eprintln!("{}", serde_json::to_string(&report)?);
+    drop(enc);
+
+    let version = format!("uwe-{}", time::OffsetDateTime::now_utc().unix_timestamp());
+    std::fs::create_dir_all(&registry)?;
+    let staging = registry.join(format!(".staging-{version}"));
+    let head_path = registry.join(format!(".head-{version}.safetensors"));
+    train::write_head(
+        &head_path,
+        &head.weight_vec().map_err(|e| anyhow::anyhow!("{e}"))?,
+        base_dir.manifest.dim,
+    )?;
+    let mut training_data: Vec<String> = by_source
+        .iter()
+        .map(|(src, n)| format!("{src}: {n} pairs"))
+        .collect();
+    training_data.push(format!(
+        "held out: {} pairs; {} steps x {batch} pairs, AdamW lr {lr}, warm-up {warmup}, late tau {temperature}, InfoNCE tau {nce_temperature}",
+        dev_pairs.len(),
+        report.steps
+    ));
+    let late = ScorerSpec::Late {
+        temperature,
+        rerank_top: 100,
+    };
+    let cand = train::build_candidate(
+        &base_dir,
+        &base_files,
+        &head_path,
+        &staging,
+        &version,
+        late,
+        training_data,
+    )?;
+    std::fs::rename(&head_path, staging.join("head.safetensors"))?;
+
+    // Gate: the candidate, with its better scorer, against the current model with its own.
+    let cache_dir = cache::default_cache_dir();
+    let tasks = train::default_dev_tasks(&data_dir);
+    let current = current.unwrap_or_else(|| {
+        if registry.join("current").exists() {
+            registry.join("current")
+        } else {
+            PathBuf::from("models/default")
+        }
+    });
+    let cur_dir =
+        ModelDir::open(&current).with_context(|| format!("current model {}", current.display()))?;
+    let cur_scores = train::dev_scores(
+        &cur_dir,
+        &ecfg,
+        &tasks,
+        cur_dir.manifest.scorer,
+        &data_dir,
+        &cache_dir,
+    )?;
+    let cand_late = train::dev_scores(&cand, &ecfg, &tasks, late, &data_dir, &cache_dir)?;
+    let cand_pooled = train::dev_scores(
+        &cand,
+        &ecfg,
+        &tasks,
+        ScorerSpec::Pooled,
+        &data_dir,
+        &cache_dir,
+    )?;
+    let (scorer, cand_scores) = if mean_map(&cand_late) >= mean_map(&cand_pooled) {
+        (late, cand_late)
+    } else {
+        (ScorerSpec::Pooled, cand_pooled)
+    };
+    let wins = tasks
+        .iter()
+        .all(|t| cand_scores[&t.name].map >= cur_scores[&t.name].map + margin);
+    let gate = serde_json::json!({
+        "version": version,
+        "current": cur_dir.manifest.version,
+        "margin": margin,
+        "published": wins,
+        "train": report,
+        "candidate": cand_scores,
+        "current_scores": cur_scores,
+        "scorer": scorer,
+    });
+    println!("{gate}");
+
+    // Record the chosen scorer and dev scores (the manifest is not among the checksummed files).
+    let mut m = cand.manifest.clone();
+    m.scorer = scorer;
+    m.dev_scores = cand_scores
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap()))
+        .collect();
+    std::fs::write(
+        staging.join(model::MANIFEST_FILE),
+        serde_json::to_vec_pretty(&m)?,
+    )?;
+    std::fs::write(
+        staging.join("report.json"),
+        serde_json::to_vec_pretty(&gate)?,
+    )?;
+    if !wins {
+        let dest = registry.join("rejected").join(&version);
+        std::fs::create_dir_all(dest.parent().unwrap())?;
+        std::fs::rename(&staging, &dest)?;
+        eprintln!("candidate {version} is not better than {} on every dev task: kept in {} with its report, not published", cur_dir.manifest.version, dest.display());
+        return Ok(());
+    }
+    let dest = registry.join(&version);
+    std::fs::rename(&staging, &dest)?;
+    let link_tmp = registry.join(format!(".current-{version}"));
+    let _ = std::fs::remove_file(&link_tmp);
+    std::os::unix::fs::symlink(&version, &link_tmp)?;
+    std::fs::rename(&link_tmp, registry.join("current"))?;
+    eprintln!("published {} (registry/current)", dest.display());
+    if let Some(b) = brokers {
+        let announce = serde_json::json!({
+            "version": version,
+            "path": std::fs::canonicalize(&dest)?,
+            "sha256": m.files.get(model::ONNX_FILE),
+            "dev_scores": m.dev_scores,
+        });
+        let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .create()?;
+        let payload = announce.to_string();
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::<str, str>::to(&control_topic)
+                    .key(version.as_str())
+                    .payload(&payload),
+            )
+            .map_err(|(e, _)| e)?;
+        rdkafka::producer::Producer::flush(&producer, std::time::Duration::from_secs(30))?;
+        eprintln!("announced on {control_topic}");
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Hot swap: the connector follows a model registry folder and swaps models between
+//! batches, without a restart.
+//!
+//! ```text
+//! registry/
+//!   base-1/ uwe-1795725884/ ...   versioned model directories (uwe-trainer writes them atomically)
+//!   current -> uwe-1795725884      the version to serve (a symlink; `uwe-connect rollback` moves it)
+//! ```
+//! On a change of `current` (polled, or announced on the control topic), the new model is
+//! loaded in the background: checksums verified, target spaces embedded or loaded from the
+//! cache, a warm-up batch run. Only then does the encoder thread switch, between two
+//! batches. Each batch keeps the spaces of the model that encoded it, so no record mixes
+//! two models, and every record names its model version. A model that fails any step is
+//! refused with a log line and `uwe_model_swaps_total{outcome="refused"}`; the old one
+//! keeps serving. `model.pin` serves one version and never swaps.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use super::config::PipelineConfig;
+use super::enrich::Target;
+use crate::encoder::Encoder;
+use crate::error::{ModelError, Result};
+use crate::model::{ModelDir, ScorerSpec};
+use crate::space::{cache, TargetSpace};
+use crate::telemetry as t;
+
+/// What ranking needs from one model: its embedded target spaces and scorer.
+pub struct Serving {
+    /// Targets with this model's embeddings of their spaces.
+    pub targets: Vec<Target>,
+    /// The model's scorer.
+    pub scorer: ScorerSpec,
+}
+
+/// Servings by model version; batches look theirs up by the version that encoded them.
+#[derive(Default)]
+pub struct Servings {
+    inner: RwLock<HashMap<String, Arc<Serving>>>,
+}
+
+impl Servings {
+    /// The serving of `version`.
+    pub fn get(&self, version: &str) -> Option<Arc<Serving>> {
+        self.inner
+            .read()
+            .expect("servings lock")
+            .get(version)
+            .cloned()
+    }
+
+    /// Adds `version`, keeping only it and `keep` (the one still finishing its batches).
+    pub fn insert(&self, version: String, s: Serving, keep: &str) {
+        let mut m = self.inner.write().expect("servings lock");
+        m.retain(|k, _| k == keep);
+        m.insert(version, Arc::new(s));
+    }
+}
+
+/// The model directory to serve at start: the pin, else the registry's `current`, else
+/// `model.dir`.
+pub fn initial_model_dir(cfg: &PipelineConfig) -> PathBuf {
+    match (&cfg.model.registry, &cfg.model.pin) {
+        (Some(r), Some(pin)) => r.join(pin),
+        (Some(r), None) if r.join("current").exists() => r.join("current"),
+        _ => cfg.model.dir.clone(),
+    }
+}
+
+/// Loads a model and everything ranking needs; runs a warm-up batch.
+pub fn load_serving(
+    dir: &Path,
+    cfg: &PipelineConfig,
+    progress: bool,
+) -> Result<(Encoder, Serving)> {
+    let model = ModelDir::open(dir)?;
+    let mut enc = Encoder::load(&model, &cfg.encoder)?;
+    let cache_dir = cfg
+        .model
+        .cache_dir
+        .clone()
+        .unwrap_or_else(cache::default_cache_dir);
+    let mut targets = Vec::new();
+    for tc in &cfg.targets {
+        let space = Arc::new(TargetSpace::resolve(&tc.space, &cfg.model.data_dir)?);
+        let s = cache::load_or_encode(space, &mut enc, &cache_dir, progress)?;
+        targets.push(Target {
+            cfg: tc.clone(),
+            space: Arc::new(s),
+        });
+    }
+    let warm = enc.encode(&["warm-up: software engineer with Java and Docker"])?;
+    if warm[0].pooled.iter().any(|x| !x.is_finite()) || warm[0].is_empty() {
+        return Err(ModelError::Runtime(format!(
+            "{}: warm-up produced invalid embeddings",
+            dir.display()
+        )));
+    }
+    Ok((
+        enc,
+        Serving {
+            targets,
+            scorer: model.manifest.scorer,
+        },
+    ))
+}
+
+/// The version `registry/current` points at, read from its manifest's directory name.
+pub fn current_target(registry: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(registry.join("current")).ok()
+}
+
+/// Records a swap attempt.
+pub fn record_swap(outcome: &'static str) {
+    metrics::counter!(t::MODEL_SWAPS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// Points `registry/current` at `version` atomically (symlink, then rename over).
+pub fn set_current(registry: &Path, version: &str) -> std::io::Result<()> {
+    if !registry
+        .join(version)
+        .join(crate::model::MANIFEST_FILE)
+        .is_file()
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} has no model version {version:?}", registry.display()),
+        ));
+    }
+    let tmp = registry.join(format!(".current-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(version, &tmp)?;
+    std::fs::rename(&tmp, registry.join("current"))
+}
+
+/// Published versions in the registry, oldest first (by manifest creation time).
+pub fn versions(registry: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(registry)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') || name == "current" || name == "rejected" {
+                return None;
+            }
+            let m = std::fs::read_to_string(e.path().join(crate::model::MANIFEST_FILE)).ok()?;
+            let m: crate::model::Manifest = serde_json::from_str(&m).ok()?;
+            Some((m.created_at, name))
+        })
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,212 @@
+//! Training pairs from the structure of work data: ESCO v1.1.1 (labels, alternative labels,
+//! descriptions, occupation → essential skills), SkillSkape job-ad sentences with their
+//! skills, and analysts' feedback pairs.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Read};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{ModelError, Result};
+use crate::space::{TargetSpace, ESCO_ZIP};
+
+/// One positive pair: a text and the concept it names (`target` is the concept's text as
+/// the runtime embeds it, its preferred label).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    /// Query side: an alternative label, a sentence, a description, a title.
+    pub query: String,
+    /// Target side: the concept's preferred label.
+    pub target: String,
+    /// Concept id; pairs sharing it are positives of each other (masked, not negatives).
+    pub target_id: String,
+    /// Where the pair came from.
+    pub source: &'static str,
+}
+
+/// Which sources to use, and how much of each.
+#[derive(Debug, Clone)]
+pub struct DataSpec {
+    /// Occupation alternative labels → occupation.
+    pub occupation_aliases: bool,
+    /// Skill alternative labels → skill.
+    pub skill_aliases: bool,
+    /// First sentence of a skill's description → skill.
+    pub skill_descriptions: bool,
+    /// Occupation label → up to this many essential skills (0: none).
+    pub occupation_skills: usize,
+    /// SkillSkape sentences (CSV `,sentence,skills`).
+    pub skillskape: Option<std::path::PathBuf>,
+    /// Feedback JSONL `{"text", "label_id"}`.
+    pub feedback: Option<std::path::PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct Feedback {
+    text: String,
+    label_id: String,
+}
+
+fn first_sentence(d: &str) -> String {
+    let end = d.find(". ").map(|i| i + 1).unwrap_or(d.len());
+    d[..end].chars().take(300).collect()
+}
+
+/// Builds the pairs.
+pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
+    let skills = TargetSpace::resolve("esco-skills", data_dir)?;
+    let occs = TargetSpace::resolve("esco-occupations", data_dir)?;
+    let mut out = Vec::new();
+    for (space, on, src) in [
+        (&occs, spec.occupation_aliases, "occupation_alias"),
+        (&skills, spec.skill_aliases, "skill_alias"),
+    ] {
+        if !on {
+            continue;
+        }
+        for c in &space.concepts {
+            for a in &c.aliases {
+                if a != &c.label {
+                    out.push(Pair {
+                        query: a.clone(),
+                        target: c.label.clone(),
+                        target_id: c.id.clone(),
+                        source: src,
+                    });
+                }
+            }
+        }
+    }
+    if spec.skill_descriptions {
+        for c in &skills.concepts {
+            if let Some(d) = &c.description {
+                out.push(Pair {
+                    query: first_sentence(d),
+                    target: c.label.clone(),
+                    target_id: c.id.clone(),
+                    source: "skill_description",
+                });
+            }
+        }
+    }
+    let skill_by_uri: HashMap<&str, &str> = skills
+        .concepts
+        .iter()
+        .map(|c| (c.id.as_str(), c.label.as_str()))
+        .collect();
+    let skill_by_label: HashMap<String, &str> = skills
+        .concepts
+        .iter()
+        .map(|c| (c.label.to_lowercase(), c.id.as_str()))
+        .collect();
+    if spec.occupation_skills > 0 {
+        let occ_label: HashMap<&str, &str> = occs
+            .concepts
+            .iter()
+            .map(|c| (c.id.as_str(), c.label.as_str()))
+            .collect();
+        let zpath = data_dir.join(ESCO_ZIP.replace("_en_csv", "_language-independent_csv"));
+        let f = std::fs::File::open(&zpath).map_err(ModelError::io(&zpath))?;
+        let mut zip = zip::ZipArchive::new(f)
+            .map_err(|e| ModelError::Invalid(format!("{}: {e}", zpath.display())))?;
+        let mut buf = Vec::new();
+        zip.by_name("occupationSkillRelations.csv")
+            .map_err(|e| ModelError::Invalid(format!("{}: {e}", zpath.display())))?
+            .read_to_end(&mut buf)
+            .map_err(ModelError::io(&zpath))?;
+        let mut per_occ: HashMap<String, usize> = HashMap::new();
+        let mut rdr = csv::Reader::from_reader(buf.as_slice());
+        for rec in rdr.records().flatten() {
+            let (occ, rel, skill) = (
+                rec.get(0).unwrap_or(""),
+                rec.get(1).unwrap_or(""),
+                rec.get(3).unwrap_or(""),
+            );
+            if rel != "essential" {
+                continue;
+            }
+            let (Some(ol), Some(sl)) = (occ_label.get(occ), skill_by_uri.get(skill)) else {
+                continue;
+            };
+            let n = per_occ.entry(occ.to_string()).or_default();
+            if *n < spec.occupation_skills {
+                *n += 1;
+                out.push(Pair {
+                    query: ol.to_string(),
+                    target: sl.to_string(),
+                    target_id: skill.to_string(),
+                    source: "occupation_skill",
+                });
+            }
+        }
+    }
+    if let Some(p) = &spec.skillskape {
+        let mut rdr = csv::Reader::from_path(p)
+            .map_err(|e| ModelError::Invalid(format!("{}: {e}", p.display())))?;
+        for rec in rdr.records().flatten() {
+            let sentence = rec.get(1).unwrap_or("").trim();
+            // The skills column is a Python list literal: ['a', 'b'].
+            let list = rec.get(2).unwrap_or("");
+            for label in list
+                .trim_matches(['[', ']'])
+                .split("', '")
+                .map(|s| s.trim_matches(['\'', '"', ' ']))
+            {
+                if let Some(id) = skill_by_label.get(&label.to_lowercase()) {
+                    out.push(Pair {
+                        query: sentence.to_string(),
+                        target: skill_by_uri[id].to_string(),
+                        target_id: id.to_string(),
+                        source: "skillskape",
+                    });
+                }
+            }
+        }
+    }
+    if let Some(p) = &spec.feedback {
+        let by_id: HashMap<&str, &str> = skills
+            .concepts
+            .iter()
+            .chain(&occs.concepts)
+            .map(|c| (c.id.as_str(), c.label.as_str()))
+            .collect();
+        let f = std::fs::File::open(p).map_err(ModelError::io(p))?;
+        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line = line.map_err(ModelError::io(p))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fb: Feedback = serde_json::from_str(&line).map_err(|e| ModelError::BadLine {
+                path: p.clone(),
+                line: i + 1,
+                msg: format!("expected {{\"text\", \"label_id\"}}: {e}"),
+            })?;
+            let label = by_id
+                .get(fb.label_id.as_str())
+                .ok_or_else(|| ModelError::BadLine {
+                    path: p.clone(),
+                    line: i + 1,
+                    msg: format!("label_id {:?} is not an ESCO concept", fb.label_id),
+                })?;
+            out.push(Pair {
+                query: fb.text,
+                target: label.to_string(),
+                target_id: fb.label_id,
+                source: "feedback",
+            });
+        }
+    }
+    out.retain(|p| !p.query.trim().is_empty());
+    Ok(out)
+}
+
+/// Splits off a deterministic dev share (by query text), so that no query text is in both.
+pub fn split_dev(pairs: Vec<Pair>, per_mille: u64) -> (Vec<Pair>, Vec<Pair>) {
+    use std::hash::{Hash, Hasher};
+    pairs.into_iter().partition(|p| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        p.query.hash(&mut h);
+        h.finish() % 1000 >= per_mille
+    })
+}
