@@ -165,11 +165,13 @@ fn info_nce(scores: &Tensor, same: &Tensor, temp: f32) -> candle_core::Result<Te
     (ce(&logits)? + ce(&logits.t()?)?)? * 0.5
 }
 
-/// One batch's loss.
+/// One batch's loss. Pairs `i` and `j` are positives of each other when they share their
+/// target (`target_ids`) or their query text (`query_ids`: a sentence naming several skills).
 pub fn batch_loss(
     head: &Head,
     queries: &[&Hidden],
     targets: &[&Hidden],
+    query_ids: &[usize],
     target_ids: &[usize],
     obj: Objective,
 ) -> candle_core::Result<Tensor> {
@@ -181,7 +183,8 @@ pub fn batch_loss(
     let b = queries.len();
     let same: Vec<f32> = (0..b * b)
         .map(|k| {
-            if target_ids[k / b] == target_ids[k % b] {
+            let (i, j) = (k / b, k % b);
+            if target_ids[i] == target_ids[j] || query_ids[i] == query_ids[j] {
                 1.0
             } else {
                 0.0

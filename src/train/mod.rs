@@ -186,8 +186,9 @@ fn loss_of(
 ) -> candle_core::Result<candle_core::Tensor> {
     let q: Vec<&Hidden> = batch.iter().map(|r| &states[r.0]).collect();
     let t: Vec<&Hidden> = batch.iter().map(|r| &states[r.1]).collect();
-    let ids: Vec<usize> = batch.iter().map(|r| r.2).collect();
-    head::batch_loss(head, &q, &t, &ids, obj)
+    let query_ids: Vec<usize> = batch.iter().map(|r| r.0).collect();
+    let target_ids: Vec<usize> = batch.iter().map(|r| r.2).collect();
+    head::batch_loss(head, &q, &t, &query_ids, &target_ids, obj)
 }
 
 fn mean_loss(
