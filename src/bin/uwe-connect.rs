@@ -273,6 +273,9 @@ enum Cmd {
         /// Broker (pipeline).
         #[arg(long, default_value = "127.0.0.1:9092")]
         brokers: String,
+        /// The connector's batching.max_batch_tokens (pipeline).
+        #[arg(long, default_value_t = 16384)]
+        max_batch_tokens: usize,
         #[command(flatten)]
         rt: RuntimeArgs,
     },
@@ -603,6 +606,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kind: BenchKind::Pipeline,
             events,
             brokers,
+            max_batch_tokens,
             rt,
             ..
         } => {
@@ -612,6 +616,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 encoder: rt.encoder_config(),
                 model: rt.model.clone(),
                 data_dir: rt.data_dir.clone(),
+                max_batch_tokens,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

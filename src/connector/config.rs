@@ -180,7 +180,7 @@ pub struct BatchingSection {
 impl Default for BatchingSection {
     fn default() -> Self {
         BatchingSection {
-            max_batch_tokens: 4096,
+            max_batch_tokens: 16384,
             max_wait_ms: 25,
             max_in_flight: 1000,
         }

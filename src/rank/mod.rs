@@ -23,6 +23,19 @@ pub struct Hit {
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *FMA.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        {
+            // SAFETY: the CPU was just checked to have AVX2 and FMA.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     // Eight accumulators let the compiler vectorise without reassociating one sum.
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
@@ -36,6 +49,38 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut s: f32 = acc.iter().sum();
     for (x, y) in ra.iter().zip(rb) {
         s += x * y;
+    }
+    s
+}
+
+/// Dot product with 256-bit fused multiply-adds: ranking a sentence against 13,896 skills is
+/// 5.3 M multiply-adds, and the portable loop, compiled for baseline x86-64, uses 128-bit
+/// vectors without FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+        acc1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i + 8)),
+            _mm256_loadu_ps(pb.add(i + 8)),
+            acc1,
+        );
+        i += 16;
+    }
+    let acc = _mm256_add_ps(acc0, acc1);
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+    let mut s: f32 = lanes.iter().sum();
+    while i < n {
+        s += *pa.add(i) * *pb.add(i);
+        i += 1;
     }
     s
 }
@@ -208,6 +253,15 @@ fn rank_with_pooled(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simd_dot_matches_portable() {
+        for n in [0, 1, 7, 16, 17, 384, 385] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            assert!((dot(&a, &b) - dot_portable(&a, &b)).abs() < 1e-4, "n = {n}");
+        }
+    }
 
     #[test]
     fn late_score_limits() {
