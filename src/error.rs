@@ -89,14 +89,6 @@ impl ModelError {
         let path = path.into();
         move |source| ModelError::Io { path, source }
     }
-
-    /// How the pipeline should treat this error.
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            ModelError::Invalid(_) | ModelError::BadLine { .. } => ErrorClass::BadData,
-            _ => ErrorClass::Fatal,
-        }
-    }
 }
 
 /// Shorthand result for the model runtime.

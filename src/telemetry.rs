@@ -1,5 +1,5 @@
-//! Every metric the project exports, in one place. Names follow `uwe_<what>_<unit>`;
-//! labels are low-cardinality (pipeline, space, outcome).
+//! Telemetry: every metric the project exports, in one place, and the log setup. Metric names
+//! follow `uwe_<what>_<unit>`; labels are low-cardinality (pipeline, reason, outcome, version).
 
 use std::time::Duration;
 
@@ -11,6 +11,17 @@ pub const ENCODE_BATCH_TOKENS: &str = "uwe_encode_batch_tokens";
 pub const ENCODE_SECONDS: &str = "uwe_encode_seconds";
 /// Query-embedding cache lookups, by `result` (hit, miss).
 pub const QUERY_CACHE_TOTAL: &str = "uwe_query_cache_lookups_total";
+
+/// Structured logs to stderr, filtered by `UWE_LOG` (default `info`); both binaries call it.
+pub fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UWE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
 
 /// Registers descriptions with the installed recorder.
 pub fn describe() {
