@@ -14,30 +14,12 @@ fn broker_outage_of_ten_seconds_loses_nothing() {
     let pid = std::env::var("UWE_TANSU_PID").expect(
         "UWE_TANSU_PID: run through scripts/test, which starts the broker and exports its pid",
     );
-    let (input, output, dlq, group) = (
-        unique("out-in"),
-        unique("out-out"),
-        unique("out-dlq"),
-        unique("out-g"),
-    );
-    create_topics(&[&input, &output, &dlq], 2);
-    let events: Vec<(String, Vec<u8>)> = vacancy_events(120, 400)
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::to_vec(&v).unwrap()))
-        .collect();
-    produce(&input, 2, &events);
-    let mut c = Connector::start(&pipeline_toml(
-        "outage",
-        "vacancy",
-        &input,
-        &output,
-        &dlq,
-        &group,
-        "json",
-        "at-least-once",
-        &free_addr(),
-    ));
-    let first = consume_until(&output, Duration::from_secs(240), |g| g.len() >= 10);
+    let t = topics("out", 2);
+    let events: Vec<(String, Vec<u8>)> = json_events(vacancy_events(120, 400));
+    produce(&t.input, 2, &events);
+    let mut c =
+        Connector::start(&t.pipeline("outage", "vacancy", "json", "at-least-once", &free_addr()));
+    let first = consume_until(&t.output, Duration::from_secs(240), |g| g.len() >= 10);
     assert!(first.len() >= 10, "log:\n{}", c.log());
     assert!(Command::new("kill")
         .args(["-STOP", &pid])
@@ -50,7 +32,7 @@ fn broker_outage_of_ten_seconds_loses_nothing() {
         .status()
         .unwrap()
         .success());
-    let all = consume_until(&output, Duration::from_secs(300), |g| {
+    let all = consume_until(&t.output, Duration::from_secs(300), |g| {
         g.iter()
             .map(|r| r.json()["source"]["id"].as_str().unwrap().to_string())
             .collect::<HashSet<_>>()
@@ -62,11 +44,11 @@ fn broker_outage_of_ten_seconds_loses_nothing() {
         .map(|r| r.json()["source"]["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 120, "log:\n{}", c.log());
-    let dl = consume_until(&dlq, Duration::from_secs(3), |g| !g.is_empty());
+    let dl = consume_until(&t.dlq, Duration::from_secs(3), |g| !g.is_empty());
     assert!(
         dl.is_empty(),
         "transient errors are retried, never dead-lettered"
     );
     assert!(c.terminate().success(), "log:\n{}", c.log());
-    assert_eq!(committed(&group, &input, 2), vec![60, 60]);
+    assert_eq!(committed(&t.group, &t.input, 2), vec![60, 60]);
 }

@@ -10,37 +10,6 @@ use apache_avro::types::Value;
 use common::*;
 use uwe_connect::connector::codec::confluent_frame;
 
-struct Topics {
-    input: String,
-    output: String,
-    dlq: String,
-    group: String,
-}
-
-impl Topics {
-    /// A pipeline file over these topics.
-    fn pipeline(
-        &self,
-        name: &str,
-        event_type: &str,
-        format: &str,
-        delivery: &str,
-        http: &str,
-    ) -> String {
-        pipeline_toml(
-            name,
-            event_type,
-            &self.input,
-            &self.output,
-            &self.dlq,
-            &self.group,
-            format,
-            delivery,
-            http,
-        )
-    }
-}
-
 /// Where an enriched record's event was read: (partition, offset).
 fn source_pos(g: &Got) -> (i64, i64) {
     let v = g.json();
@@ -48,23 +17,6 @@ fn source_pos(g: &Got) -> (i64, i64) {
         v["source"]["partition"].as_i64().unwrap(),
         v["source"]["offset"].as_i64().unwrap(),
     )
-}
-
-fn topics(prefix: &str, partitions: i32) -> Topics {
-    let t = Topics {
-        input: unique(&format!("{prefix}-in")),
-        output: unique(&format!("{prefix}-out")),
-        dlq: unique(&format!("{prefix}-dlq")),
-        group: unique(&format!("{prefix}-group")),
-    };
-    create_topics(&[&t.input, &t.output, &t.dlq], partitions);
-    t
-}
-
-fn json_events(evs: Vec<(String, serde_json::Value)>) -> Vec<(String, Vec<u8>)> {
-    evs.into_iter()
-        .map(|(k, v)| (k, serde_json::to_vec(&v).unwrap()))
-        .collect()
 }
 
 #[test]

@@ -63,42 +63,24 @@ fn swap_under_traffic_and_refuse_a_corrupt_model() {
     std::fs::write(&p, bytes).unwrap();
     assert!(ModelDir::open(&registry.join("bad-3")).is_err());
 
-    let (input, output, dlq, group) = (
-        unique("swap-in"),
-        unique("swap-out"),
-        unique("swap-dlq"),
-        unique("swap-g"),
-    );
-    create_topics(&[&input, &output, &dlq], 2);
+    let t = topics("swap", 2);
     let http = free_addr();
     // A small custom space keeps each model's space embedding instant: this test is about the swap.
     let tiny = root().join("tests/data/tiny_space.jsonl");
-    let toml = pipeline_toml(
-        "swap",
-        "vacancy",
-        &input,
-        &output,
-        &dlq,
-        &group,
-        "json",
-        "at-least-once",
-        &http,
-    )
-    .replace(
-        "[model]\n",
-        &format!(
-            "[model]\nregistry = \"{}\"\nwatch_interval_ms = 300\n",
-            registry.display()
-        ),
-    )
-    .replace("\"esco-skills\"", &format!("\"{}\"", tiny.display()))
-    .replace("\"esco-occupations\"", &format!("\"{}\"", tiny.display()))
-    .replace("min_score = 0.3", "min_score = -1.0");
+    let toml = t
+        .pipeline("swap", "vacancy", "json", "at-least-once", &http)
+        .replace(
+            "[model]\n",
+            &format!(
+                "[model]\nregistry = \"{}\"\nwatch_interval_ms = 300\n",
+                registry.display()
+            ),
+        )
+        .replace("\"esco-skills\"", &format!("\"{}\"", tiny.display()))
+        .replace("\"esco-occupations\"", &format!("\"{}\"", tiny.display()))
+        .replace("min_score = 0.3", "min_score = -1.0");
     let mut c = Connector::start(&toml);
-    let events: Vec<(String, Vec<u8>)> = vacancy_events(400, 200)
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::to_vec(&v).unwrap()))
-        .collect();
+    let events: Vec<(String, Vec<u8>)> = json_events(vacancy_events(400, 200));
     let versions_of = |g: &[Got]| -> HashMap<String, String> {
         g.iter()
             .map(|r| {
@@ -112,8 +94,8 @@ fn swap_under_traffic_and_refuse_a_corrupt_model() {
     };
 
     // Phase 1: base-1 serves.
-    produce(&input, 2, &events[..30]);
-    let out = consume_until(&output, Duration::from_secs(240), |g| g.len() >= 30);
+    produce(&t.input, 2, &events[..30]);
+    let out = consume_until(&t.output, Duration::from_secs(240), |g| g.len() >= 30);
     assert!(
         versions_of(&out).values().all(|v| v == "base-1"),
         "log:\n{}",
@@ -123,7 +105,7 @@ fn swap_under_traffic_and_refuse_a_corrupt_model() {
     // Phase 2: publish v-2 while traffic keeps flowing, until v-2 answers.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let feeder = {
-        let (input, stop) = (input.clone(), stop.clone());
+        let (input, stop) = (t.input.clone(), stop.clone());
         let evs = events[30..370].to_vec();
         std::thread::spawn(move || {
             let mut sent = 0;
@@ -139,7 +121,7 @@ fn swap_under_traffic_and_refuse_a_corrupt_model() {
         })
     };
     swap::set_current(registry, "v-2").unwrap();
-    let out = consume_until(&output, Duration::from_secs(240), |g| {
+    let out = consume_until(&t.output, Duration::from_secs(240), |g| {
         versions_of(g).values().any(|v| v == "v-2")
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -153,9 +135,9 @@ fn swap_under_traffic_and_refuse_a_corrupt_model() {
     // Phase 3: a corrupt model is refused; v-2 keeps serving.
     swap::set_current(registry, "bad-3").unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    produce(&input, 2, &events[370..]);
+    produce(&t.input, 2, &events[370..]);
     let total = sent + 30;
-    let out = consume_until(&output, Duration::from_secs(240), |g| {
+    let out = consume_until(&t.output, Duration::from_secs(240), |g| {
         versions_of(g).len() >= total
     });
     let seen = versions_of(&out);

@@ -400,3 +400,54 @@ pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
 }
+
+/// Fresh input, output and dead-letter topics and a consumer group of one test.
+pub struct Topics {
+    pub input: String,
+    pub output: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+impl Topics {
+    /// A pipeline file over these topics.
+    pub fn pipeline(
+        &self,
+        name: &str,
+        event_type: &str,
+        format: &str,
+        delivery: &str,
+        http: &str,
+    ) -> String {
+        pipeline_toml(
+            name,
+            event_type,
+            &self.input,
+            &self.output,
+            &self.dlq,
+            &self.group,
+            format,
+            delivery,
+            http,
+        )
+    }
+}
+
+/// Creates [`Topics`] named after `prefix` with `partitions` partitions.
+pub fn topics(prefix: &str, partitions: i32) -> Topics {
+    let t = Topics {
+        input: unique(&format!("{prefix}-in")),
+        output: unique(&format!("{prefix}-out")),
+        dlq: unique(&format!("{prefix}-dlq")),
+        group: unique(&format!("{prefix}-group")),
+    };
+    create_topics(&[&t.input, &t.output, &t.dlq], partitions);
+    t
+}
+
+/// Events as JSON payloads.
+pub fn json_events(evs: Vec<(String, serde_json::Value)>) -> Vec<(String, Vec<u8>)> {
+    evs.into_iter()
+        .map(|(k, v)| (k, serde_json::to_vec(&v).unwrap()))
+        .collect()
+}
