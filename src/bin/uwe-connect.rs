@@ -78,8 +78,13 @@ impl RuntimeArgs {
     }
 
     fn load_space(&self, spec: &str, enc: &mut Encoder) -> anyhow::Result<cache::EncodedSpace> {
-        let space = Arc::new(TargetSpace::resolve(spec, &self.data_dir)?);
-        Ok(cache::load_or_encode(space, enc, &self.cache_dir(), true)?)
+        Ok(cache::load_named(
+            spec,
+            &self.data_dir,
+            enc,
+            &self.cache_dir(),
+            true,
+        )?)
     }
 }
 

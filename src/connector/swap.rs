@@ -23,7 +23,7 @@ use super::enrich::Target;
 use crate::encoder::Encoder;
 use crate::error::{ModelError, Result};
 use crate::model::{ModelDir, ScorerSpec};
-use crate::space::{cache, TargetSpace};
+use crate::space::cache;
 use crate::telemetry as t;
 
 /// What ranking needs from one model: its embedded target spaces and scorer.
@@ -83,8 +83,13 @@ pub fn load_serving(
         .unwrap_or_else(cache::default_cache_dir);
     let mut targets = Vec::new();
     for tc in &cfg.targets {
-        let space = Arc::new(TargetSpace::resolve(&tc.space, &cfg.model.data_dir)?);
-        let s = cache::load_or_encode(space, &mut enc, &cache_dir, progress)?;
+        let s = cache::load_named(
+            &tc.space,
+            &cfg.model.data_dir,
+            &mut enc,
+            &cache_dir,
+            progress,
+        )?;
         targets.push(Target {
             cfg: tc.clone(),
             space: Arc::new(s),

@@ -70,6 +70,18 @@ pub fn default_cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".uwe/cache"))
 }
 
+/// Resolves a space name ([`TargetSpace::resolve`]) and loads or computes its embeddings.
+pub fn load_named(
+    spec: &str,
+    data_dir: &Path,
+    encoder: &mut Encoder,
+    cache_dir: &Path,
+    progress: bool,
+) -> Result<EncodedSpace> {
+    let space = Arc::new(TargetSpace::resolve(spec, data_dir)?);
+    load_or_encode(space, encoder, cache_dir, progress)
+}
+
 /// Loads the space's embeddings from `cache_dir`, or computes and stores them.
 pub fn load_or_encode(
     space: Arc<TargetSpace>,

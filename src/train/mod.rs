@@ -14,7 +14,6 @@ pub mod head;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use half::f16;
@@ -24,7 +23,7 @@ use crate::encoder::{Encoder, EncoderConfig};
 use crate::error::{ModelError, Result};
 use crate::eval::{self, Report};
 use crate::model::{self, BuildSpec, ModelDir, ScorerSpec, TargetText};
-use crate::space::{cache, TargetSpace};
+use crate::space::cache;
 use data::Pair;
 use head::{Head, Hidden, Objective, Trainer};
 
@@ -350,11 +349,8 @@ pub fn dev_scores(
     let mut out = BTreeMap::new();
     for t in tasks {
         if !spaces.contains_key(&t.space) {
-            let s = Arc::new(TargetSpace::resolve(&t.space, data_dir)?);
-            spaces.insert(
-                t.space.clone(),
-                cache::load_or_encode(s, &mut enc, cache_dir, false)?,
-            );
+            let s = cache::load_named(&t.space, data_dir, &mut enc, cache_dir, false)?;
+            spaces.insert(t.space.clone(), s);
         }
         let r = eval::evaluate(
             &mut enc,
