@@ -276,20 +276,19 @@ impl Encoder {
         Ok(windows)
     }
 
-    fn encode_uncached(&mut self, texts: &[&str]) -> Result<Vec<TextEmbedding>> {
-        let dim = self.manifest.dim;
-        let windows = self.windows(texts)?;
-        // Sort by length so that each batch pads little.
+    /// Groups windows into batches: sorted by length so that each pads little, closed at the
+    /// padded-token budget or the batch size. Returns each batch's window indices and padded
+    /// length (special tokens included).
+    fn plan_batches(&self, windows: &[Window]) -> Vec<(Vec<usize>, usize)> {
         let mut order: Vec<usize> = (0..windows.len()).collect();
         order.sort_by_key(|&i| windows[i].ids.len());
-        let mut results: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; windows.len()];
+        let mut batches = Vec::new();
         let mut start = 0;
         while start < order.len() {
             let mut end = start;
             let mut longest = 0;
             while end < order.len() {
-                let len = windows[order[end]].ids.len() + 2;
-                let l = longest.max(len);
+                let l = longest.max(windows[order[end]].ids.len() + 2);
                 let n = end - start + 1;
                 if end > start && (n * l > self.cfg.max_batch_tokens || n > self.cfg.max_batch_size)
                 {
@@ -298,12 +297,21 @@ impl Encoder {
                 longest = l;
                 end += 1;
             }
-            let batch: Vec<&Window> = order[start..end].iter().map(|&i| &windows[i]).collect();
-            let embs = self.run_batch(&batch, longest)?;
-            for (&wi, e) in order[start..end].iter().zip(embs) {
+            batches.push((order[start..end].to_vec(), longest));
+            start = end;
+        }
+        batches
+    }
+
+    fn encode_uncached(&mut self, texts: &[&str]) -> Result<Vec<TextEmbedding>> {
+        let dim = self.manifest.dim;
+        let windows = self.windows(texts)?;
+        let mut results: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; windows.len()];
+        for (idx, seq) in self.plan_batches(&windows) {
+            let batch: Vec<&Window> = idx.iter().map(|&i| &windows[i]).collect();
+            for (&wi, e) in idx.iter().zip(self.run_batch(&batch, seq)?) {
                 results[wi] = Some(e);
             }
-            start = end;
         }
         // Gather windows back into texts: pooled is the token-weighted mean of the windows'.
         let mut out: Vec<TextEmbedding> = (0..texts.len())
@@ -416,12 +424,9 @@ impl Encoder {
             })
             .collect();
         let mut out = vec![Vec::new(); windows.len()];
-        let mut order: Vec<usize> = (0..windows.len()).collect();
-        order.sort_by_key(|&i| windows[i].ids.len());
-        for chunk in order.chunks(64) {
-            let batch: Vec<&Window> = chunk.iter().map(|&i| &windows[i]).collect();
-            let seq = batch.iter().map(|w| w.ids.len() + 2).max().unwrap_or(2);
-            for (&i, (_, rows)) in chunk.iter().zip(self.run_raw(&batch, seq)?) {
+        for (idx, seq) in self.plan_batches(&windows) {
+            let batch: Vec<&Window> = idx.iter().map(|&i| &windows[i]).collect();
+            for (&i, (_, rows)) in idx.iter().zip(self.run_raw(&batch, seq)?) {
                 out[i] = rows;
             }
         }
