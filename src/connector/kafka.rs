@@ -12,6 +12,8 @@ use super::config::{Delivery, PipelineConfig};
 pub struct Ctx {
     /// Pipeline name (metric label).
     pub pipeline: String,
+    /// In-flight offsets: revoked partitions start a new epoch before they move.
+    pub tracker: std::sync::Arc<super::offsets::OffsetTracker>,
 }
 
 impl ClientContext for Ctx {
@@ -27,7 +29,19 @@ impl ClientContext for Ctx {
     }
 }
 
-impl ConsumerContext for Ctx {}
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            for e in tpl.elements() {
+                self.tracker.revoke(&(e.topic().to_string(), e.partition()));
+            }
+        }
+    }
+}
 
 fn base(cfg: &PipelineConfig) -> ClientConfig {
     let mut c = ClientConfig::new();

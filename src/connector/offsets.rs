@@ -1,5 +1,10 @@
 //! Which input offsets may be committed: only those whose every output (enriched record or
 //! dead letter) the broker has acknowledged, and all offsets before them too.
+//!
+//! Each partition has an epoch that a revocation bumps. An event read under an older epoch
+//! still gets its output, but never moves the partition's offset again: after the partition
+//! is assigned back, its late acknowledgement would store an offset below the one the other
+//! owner committed meanwhile, and the commit would go backwards.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -10,22 +15,55 @@ pub type Tp = (String, i32);
 /// Tracks in-flight offsets per partition, in the order they were accepted.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    inner: Mutex<HashMap<Tp, VecDeque<(i64, bool)>>>,
+    inner: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queues: HashMap<Tp, VecDeque<(i64, bool)>>,
+    epochs: HashMap<Tp, u64>,
 }
 
 impl OffsetTracker {
-    /// Records that `offset` of `tp` is in flight. Offsets of a partition must be
-    /// registered in increasing order.
-    pub fn register(&self, tp: &Tp, offset: i64) {
-        let mut m = self.inner.lock().expect("offset lock");
-        m.entry(tp.clone()).or_default().push_back((offset, false));
+    /// The current epoch of `tp`; an event keeps the epoch it was read under.
+    pub fn epoch(&self, tp: &Tp) -> u64 {
+        *self
+            .inner
+            .lock()
+            .expect("offset lock")
+            .epochs
+            .get(tp)
+            .unwrap_or(&0)
+    }
+
+    /// `tp` was revoked: forget its in-flight offsets and start a new epoch.
+    pub fn revoke(&self, tp: &Tp) {
+        let mut st = self.inner.lock().expect("offset lock");
+        st.queues.remove(tp);
+        *st.epochs.entry(tp.clone()).or_default() += 1;
+    }
+
+    /// Records that `offset` of `tp`, read under `epoch`, is in flight. Offsets of a
+    /// partition must be registered in increasing order; a stale epoch is ignored.
+    pub fn register(&self, tp: &Tp, offset: i64, epoch: u64) {
+        let mut st = self.inner.lock().expect("offset lock");
+        if st.epochs.get(tp).copied().unwrap_or(0) != epoch {
+            return;
+        }
+        st.queues
+            .entry(tp.clone())
+            .or_default()
+            .push_back((offset, false));
     }
 
     /// Marks `offset` acknowledged. Returns the offset to commit (the next one to read)
-    /// when the contiguous acknowledged prefix grew.
-    pub fn ack(&self, tp: &Tp, offset: i64) -> Option<i64> {
-        let mut m = self.inner.lock().expect("offset lock");
-        let q = m.get_mut(tp)?;
+    /// when the contiguous acknowledged prefix grew; never for a stale epoch.
+    pub fn ack(&self, tp: &Tp, offset: i64, epoch: u64) -> Option<i64> {
+        let mut st = self.inner.lock().expect("offset lock");
+        if st.epochs.get(tp).copied().unwrap_or(0) != epoch {
+            return None;
+        }
+        let q = st.queues.get_mut(tp)?;
         if let Some(e) = q.iter_mut().find(|e| e.0 == offset) {
             e.1 = true;
         }
@@ -42,6 +80,7 @@ impl OffsetTracker {
         self.inner
             .lock()
             .expect("offset lock")
+            .queues
             .values()
             .map(|q| q.len())
             .sum()
@@ -57,13 +96,33 @@ mod tests {
         let t = OffsetTracker::default();
         let tp = ("in".to_string(), 0);
         for o in 10..14 {
-            t.register(&tp, o);
+            t.register(&tp, o, 0);
         }
-        assert_eq!(t.ack(&tp, 12), None, "10 and 11 are still in flight");
-        assert_eq!(t.ack(&tp, 10), Some(11));
-        assert_eq!(t.ack(&tp, 11), Some(13), "12 was already acknowledged");
+        assert_eq!(t.ack(&tp, 12, 0), None, "10 and 11 are still in flight");
+        assert_eq!(t.ack(&tp, 10, 0), Some(11));
+        assert_eq!(t.ack(&tp, 11, 0), Some(13), "12 was already acknowledged");
         assert_eq!(t.in_flight(), 1);
-        assert_eq!(t.ack(&tp, 13), Some(14));
-        assert_eq!(t.ack(&("other".to_string(), 1), 5), None);
+        assert_eq!(t.ack(&tp, 13, 0), Some(14));
+        assert_eq!(t.ack(&("other".to_string(), 1), 5, 0), None);
+    }
+
+    #[test]
+    fn a_revoked_epoch_never_moves_the_offset_again() {
+        let t = OffsetTracker::default();
+        let tp = ("in".to_string(), 1);
+        let old = t.epoch(&tp);
+        t.register(&tp, 12, old);
+        t.revoke(&tp);
+        let new = t.epoch(&tp);
+        assert_ne!(old, new);
+        assert_eq!(t.in_flight(), 0);
+        // Late work of the old assignment: neither registered nor committed.
+        t.register(&tp, 13, old);
+        assert_eq!(t.ack(&tp, 12, old), None);
+        assert_eq!(t.ack(&tp, 13, old), None);
+        assert_eq!(t.in_flight(), 0);
+        // The new assignment commits as usual.
+        t.register(&tp, 20, new);
+        assert_eq!(t.ack(&tp, 20, new), Some(21));
     }
 }

@@ -65,6 +65,8 @@ type Dispatched = (
 struct Item {
     tp: Tp,
     offset: i64,
+    /// The partition's epoch when the event was read (see `offsets`).
+    epoch: u64,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     headers: Vec<(String, Option<Vec<u8>>)>,
@@ -78,7 +80,7 @@ struct Shared {
     servings: Servings,
     consumer: StreamConsumer<Ctx>,
     producer: FutureProducer,
-    tracker: OffsetTracker,
+    tracker: Arc<OffsetTracker>,
     encoder: EncoderService,
 }
 
@@ -112,8 +114,10 @@ pub async fn run(
         let p = producer.clone();
         blocking(move || p.init_transactions(Duration::from_secs(30))).await?;
     }
+    let tracker = Arc::new(OffsetTracker::default());
     let consumer: StreamConsumer<Ctx> = kafka::consumer_config(&cfg).create_with_context(Ctx {
         pipeline: name.clone(),
+        tracker: tracker.clone(),
     })?;
     let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(|s| s.as_str()).collect();
     consumer.subscribe(&topics)?;
@@ -123,7 +127,7 @@ pub async fn run(
         servings,
         consumer,
         producer,
-        tracker: OffsetTracker::default(),
+        tracker,
         encoder,
     });
     let watcher = match (&cfg.model.registry, &cfg.model.pin) {
@@ -164,6 +168,7 @@ pub async fn run(
             }
         };
         let tp: Tp = (m.topic().to_string(), m.partition());
+        let epoch = shared.tracker.epoch(&tp);
         let offset = m.offset();
         let key = m.key().map(|k| k.to_vec());
         let payload = m.payload().map(|p| p.to_vec());
@@ -198,6 +203,7 @@ pub async fn run(
         let item = Item {
             tp,
             offset,
+            epoch,
             key,
             payload,
             headers,
@@ -543,7 +549,7 @@ async fn send_at_least_once(
     outs: Vec<OutRecord>,
 ) -> Result<(), KafkaError> {
     for (item, out) in batch.into_iter().zip(outs) {
-        shared.tracker.register(&item.tp, item.offset);
+        shared.tracker.register(&item.tp, item.offset, item.epoch);
         metrics::gauge!(t::IN_FLIGHT_EVENTS, "pipeline" => shared.cfg.pipeline.name.clone())
             .set(shared.tracker.in_flight() as f64);
         // Enqueued in order here; acknowledgements are awaited concurrently.
@@ -574,7 +580,7 @@ async fn send_at_least_once(
                 };
             }
             record_delivered(&shared.cfg.pipeline.name, &out, item.timestamp_ms);
-            if let Some(next) = shared.tracker.ack(&item.tp, item.offset) {
+            if let Some(next) = shared.tracker.ack(&item.tp, item.offset, item.epoch) {
                 // Fails only when the partition was revoked meanwhile: its new owner re-reads.
                 // librdkafka's rd_kafka_offset_store commits `offset + 1`: pass the last acknowledged one.
                 if let Err(e) = shared
