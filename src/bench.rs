@@ -406,3 +406,35 @@ listen = ""
     );
     Ok(())
 }
+
+/// Times what a hot swap does between seeing a new model and serving it
+/// ([`crate::connector::swap::load_serving`]: open and verify, load the session, embed or
+/// load every target space of the pipeline, warm up), once with an empty space cache (a
+/// model the connector has never seen) and once with the cache that run filled (a model the
+/// trainer's gate already embedded the spaces for, when they share the cache folder).
+pub fn run_swap_bench(
+    pipeline: &Path,
+    model: &Path,
+    encoder: &EncoderConfig,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    use crate::connector::{config::PipelineConfig, swap};
+
+    let mut cfg = PipelineConfig::load(pipeline)?;
+    let scratch = tempfile::tempdir()?;
+    cfg.model.cache_dir = Some(scratch.path().to_path_buf());
+    cfg.model.data_dir = data_dir.to_path_buf();
+    cfg.encoder = encoder.clone();
+    let spaces: Vec<&str> = cfg.targets.iter().map(|t| t.space.as_str()).collect();
+    for (label, run) in [("cold cache", 0), ("warm cache", 1)] {
+        let t0 = Instant::now();
+        let (_enc, serving) = swap::load_serving(model, &cfg, run == 0)?;
+        let concepts: usize = serving.targets.iter().map(|t| t.space.len()).sum();
+        println!(
+            "swap load ({label}): {:.1} s for {} with spaces {spaces:?} ({concepts} concepts)",
+            t0.elapsed().as_secs_f64(),
+            model.display(),
+        );
+    }
+    Ok(())
+}

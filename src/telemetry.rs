@@ -73,6 +73,9 @@ pub const MODEL_INFO: &str = "uwe_model_info";
 pub const MODEL_SWAPS_TOTAL: &str = "uwe_model_swaps_total";
 /// Seconds from noticing a new model to serving it.
 pub const MODEL_SWAP_SECONDS: &str = "uwe_model_swap_seconds";
+/// Mean top-k overlap of the last candidate model with the serving one on shadow-scored
+/// live events, by `pipeline`.
+pub const MODEL_SHADOW_OVERLAP_RATIO: &str = "uwe_model_shadow_topk_overlap_ratio";
 
 /// Registers descriptions of the connector's metrics.
 pub fn describe_connector() {
@@ -113,5 +116,9 @@ pub fn describe_connector() {
         MODEL_SWAP_SECONDS,
         metrics::Unit::Seconds,
         "From noticing a new model to serving it"
+    );
+    metrics::describe_gauge!(
+        MODEL_SHADOW_OVERLAP_RATIO,
+        "Mean top-k overlap of the last candidate with the serving model on shadow-scored live events"
     );
 }

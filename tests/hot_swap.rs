@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use uwe_connect::connector::swap;
-use uwe_connect::model::{ModelDir, ScorerSpec};
+use uwe_connect::model::{self, ModelDir, ScorerSpec};
 use uwe_connect::train;
 
 fn copy_model(from: &Path, to: &Path, version: &str) {
@@ -43,8 +43,9 @@ fn swap_under_traffic_and_refuse_a_corrupt_model() {
             }
         })
         .collect();
-    let head = registry.join("head.safetensors");
-    train::write_head(&head, &w, dim).unwrap();
+    let head = registry.join(train::TRAINED_FILE);
+    let w = candle_core::Tensor::from_vec(w, (dim, dim), &candle_core::Device::Cpu).unwrap();
+    train::write_trained(&head, &[(model::graph::HEAD_WEIGHT.to_string(), w)]).unwrap();
     train::build_candidate(
         &open_base(),
         &root().join(".uwe/base"),
@@ -72,7 +73,7 @@ fn swap_under_traffic_and_refuse_a_corrupt_model() {
         .replace(
             "[model]\n",
             &format!(
-                "[model]\nregistry = \"{}\"\nwatch_interval_ms = 300\n",
+                "[model]\nregistry = \"{}\"\nwatch_interval_ms = 300\nshadow_share = 0.5\n",
                 registry.display()
             ),
         )
@@ -129,6 +130,17 @@ fn swap_under_traffic_and_refuse_a_corrupt_model() {
     assert!(
         versions_of(&out).values().any(|v| v == "v-2"),
         "no record from v-2; log:\n{}",
+        c.log()
+    );
+
+    // v-2 was shadow-scored on live events first: a slightly perturbed head keeps most labels,
+    // but not necessarily all of them.
+    let overlap =
+        metric(&http, "uwe_model_shadow_topk_overlap_ratio").expect("shadow overlap exported");
+    assert!((0.5..=1.0).contains(&overlap), "shadow overlap {overlap}");
+    assert!(
+        c.log().contains("shadow-scored live events"),
+        "log:\n{}",
         c.log()
     );
 

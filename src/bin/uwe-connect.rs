@@ -219,9 +219,10 @@ enum Cmd {
         config: PathBuf,
         #[arg(long)]
         tokenizer: PathBuf,
-        /// Projection head from uwe-trainer (safetensors with head.weight).
-        #[arg(long)]
-        head: Option<PathBuf>,
+        /// Trained weights from uwe-trainer (safetensors): replace the base weights of the
+        /// same names; a head.weight adds the projection head.
+        #[arg(long, alias = "head")]
+        trained: Option<PathBuf>,
         /// Take name, version, scorer, training data and dev scores from this manifest (a
         /// shipped trained model), and check that the rebuilt graph has its recorded sha256.
         #[arg(long)]
@@ -266,6 +267,7 @@ enum Cmd {
     ///
     /// Examples: uwe-connect bench encoder --device cpu --threads 2
     ///           uwe-connect bench pipeline --brokers 127.0.0.1:9092 --events 140 --device cpu --threads 2
+    ///           uwe-connect bench swap --pipeline connectors/vacancies.toml --model models/default --threads 2
     Bench {
         #[arg(value_enum, default_value = "encoder")]
         kind: BenchKind,
@@ -281,6 +283,9 @@ enum Cmd {
         /// The connector's batching.max_batch_tokens (pipeline).
         #[arg(long, default_value_t = 16384)]
         max_batch_tokens: usize,
+        /// Pipeline file whose target spaces a swap embeds (swap).
+        #[arg(long, default_value = "connectors/vacancies.toml")]
+        pipeline: PathBuf,
         #[command(flatten)]
         rt: RuntimeArgs,
     },
@@ -292,6 +297,8 @@ enum BenchKind {
     Encoder,
     /// Real vacancy events through the broker and the connector vs the bare encoder.
     Pipeline,
+    /// What a hot swap spends between seeing a new model and serving it.
+    Swap,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -488,7 +495,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weights,
             config,
             tokenizer,
-            head,
+            trained,
             manifest_from,
             out,
             name,
@@ -503,7 +510,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config,
                 weights,
                 tokenizer,
-                head,
+                trained,
                 name,
                 version,
                 base_model,
@@ -543,7 +550,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if m.files.get(model::ONNX_FILE) != dir.manifest.files.get(model::ONNX_FILE) {
                     std::fs::remove_dir_all(&out).ok();
                     bail!(
-                        "the rebuilt {} does not have the sha256 recorded in the shipped manifest: the base weights or head differ from the ones it was trained with",
+                        "the rebuilt {} does not have the sha256 recorded in the shipped manifest: the base weights or trained weights differ from the ones it was trained with",
                         model::ONNX_FILE
                     );
                 }
@@ -600,6 +607,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &rt.data_dir,
             &rt.cache_dir(),
             n,
+        )?,
+        Cmd::Bench {
+            kind: BenchKind::Swap,
+            pipeline,
+            rt,
+            ..
+        } => uwe_connect::bench::run_swap_bench(
+            &pipeline,
+            &rt.model,
+            &rt.encoder_config(),
+            &rt.data_dir,
         )?,
         Cmd::Bench {
             kind: BenchKind::Pipeline,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use uwe_connect::encoder::{Device, Encoder, EncoderConfig};
+use uwe_connect::encoder::{Device, EncoderConfig};
 use uwe_connect::model::{self, ModelDir, ScorerSpec};
 use uwe_connect::space::cache;
 use uwe_connect::train::{self, data, head::Objective, TrainSpec};
@@ -29,9 +29,13 @@ enum Cmd {
     ///
     /// Example: uwe-trainer train --steps 3000 --registry registry
     Train {
-        /// Base model directory (its encoder is kept; the head is trained on its states).
+        /// Base model directory (training starts from its weights).
         #[arg(long, default_value = "models/base")]
         base: PathBuf,
+        /// What to train: `layers:N` (the top N transformer layers) or `head` (a residual
+        /// projection head on the frozen last hidden states).
+        #[arg(long = "train", default_value = "layers:2", value_parser = parse_trained)]
+        trained: train::Trained,
         /// Folder with the base weights (model.safetensors, config.json), from scripts/setup.
         #[arg(long, default_value = ".uwe/base")]
         base_files: PathBuf,
@@ -100,6 +104,11 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_trained(s: &str) -> Result<train::Trained, String> {
+    train::Trained::parse(s)
+        .ok_or_else(|| format!("expected `head` or `layers:N` (N ≥ 1), got {s:?}"))
+}
+
 fn mean_map(s: &BTreeMap<String, uwe_connect::eval::Report>) -> f64 {
     s.values().map(|r| r.map).sum::<f64>() / s.len().max(1) as f64
 }
@@ -107,6 +116,7 @@ fn mean_map(s: &BTreeMap<String, uwe_connect::eval::Report>) -> f64 {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let Cmd::Train {
         base,
+        trained,
         base_files,
         registry,
         current,
@@ -137,7 +147,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let base_dir =
         ModelDir::open(&base).with_context(|| format!("base model {}", base.display()))?;
-    let mut enc = Encoder::load(&base_dir, &ecfg)?;
+    let scratch = tempfile::tempdir()?;
+    let (mut enc, trainable) =
+        train::prepare(&base_dir, &base_files, trained, &ecfg, scratch.path())?;
 
     let dspec = data::DataSpec {
         occupation_aliases: !skip.iter().any(|s| s == "occupation_alias"),
@@ -186,25 +198,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(d) = &checkpoint_dir {
         std::fs::create_dir_all(d)?;
     }
-    let (head, report) = train::train(&mut enc, &train_pairs, &dev_pairs, &spec)?;
+    let report = train::train(
+        &mut enc,
+        trainable.as_ref(),
+        &train_pairs,
+        &dev_pairs,
+        &spec,
+    )?;
     eprintln!("{}", serde_json::to_string(&report)?);
     drop(enc);
 
     let version = format!("uwe-{}", time::OffsetDateTime::now_utc().unix_timestamp());
     std::fs::create_dir_all(&registry)?;
     let staging = registry.join(format!(".staging-{version}"));
-    let head_path = registry.join(format!(".head-{version}.safetensors"));
-    train::write_head(
-        &head_path,
-        &head.weight_vec().map_err(|e| anyhow::anyhow!("{e}"))?,
-        base_dir.manifest.dim,
+    let trained_path = registry.join(format!(".trained-{version}.safetensors"));
+    train::write_trained(
+        &trained_path,
+        &trainable.export().map_err(|e| anyhow::anyhow!("{e}"))?,
     )?;
     let mut training_data: Vec<String> = by_source
         .iter()
         .map(|(src, n)| format!("{src}: {n} pairs"))
         .collect();
     training_data.push(format!(
-        "held out: {} pairs; {} steps x {batch} pairs, AdamW lr {lr}, warm-up {warmup}, late tau {temperature}, InfoNCE tau {nce_temperature}",
+        "held out: {} pairs; trained: {trained:?}; {} steps x {batch} pairs, AdamW lr {lr}, warm-up {warmup}, late tau {temperature}, InfoNCE tau {nce_temperature}",
         dev_pairs.len(),
         report.steps
     ));
@@ -215,13 +232,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let cand = train::build_candidate(
         &base_dir,
         &base_files,
-        &head_path,
+        &trained_path,
         &staging,
         &version,
         late,
         training_data,
     )?;
-    std::fs::rename(&head_path, staging.join("head.safetensors"))?;
+    std::fs::rename(&trained_path, staging.join(train::TRAINED_FILE))?;
 
     // Gate: the candidate, with its better scorer, against the current model with its own.
     let cache_dir = cache::default_cache_dir();
@@ -252,6 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         &data_dir,
         &cache_dir,
     )?;
+    let by_scorer = serde_json::json!({"late": &cand_late, "pooled": &cand_pooled});
     let (scorer, cand_scores) = if mean_map(&cand_late) >= mean_map(&cand_pooled) {
         (late, cand_late)
     } else {
@@ -269,6 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         "candidate": cand_scores,
         "current_scores": cur_scores,
         "scorer": scorer,
+        "candidate_by_scorer": by_scorer,
     });
     println!("{gate}");
 

@@ -205,6 +205,12 @@ pub struct ModelSection {
     pub watch_interval_ms: u64,
     /// Control topic whose announcements trigger an immediate check.
     pub control_topic: Option<String>,
+    /// Share of live events kept (the newest 200) to shadow-score a new model before it
+    /// serves; 0 turns shadow scoring off.
+    pub shadow_share: f64,
+    /// A new model whose mean top-k overlap with the serving model on the shadow events is
+    /// below this is refused (0: report only).
+    pub min_shadow_overlap: f64,
 }
 
 impl Default for ModelSection {
@@ -217,6 +223,8 @@ impl Default for ModelSection {
             pin: None,
             watch_interval_ms: 5000,
             control_topic: None,
+            shadow_share: 0.05,
+            min_shadow_overlap: 0.0,
         }
     }
 }
@@ -385,6 +393,14 @@ impl PipelineConfig {
         if self.codec.max_event_bytes == 0 {
             errs.push("`codec.max_event_bytes` must be > 0".into());
         }
+        for (v, key) in [
+            (self.model.shadow_share, "model.shadow_share"),
+            (self.model.min_shadow_overlap, "model.min_shadow_overlap"),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                errs.push(format!("`{key}` must be between 0 and 1, got {v}"));
+            }
+        }
         if self.targets.is_empty() {
             errs.push("`targets` must define at least one [[targets]] table".into());
         }
@@ -465,6 +481,14 @@ k = 3
     fn unknown_key_is_named() {
         let e = PipelineConfig::parse(&MIN.replace("k = 3", "k = 3\nkk = 1"), &[]).unwrap_err();
         assert!(e.contains("kk"), "{e}");
+    }
+
+    #[test]
+    fn shadow_settings_are_ratios() {
+        let bad = format!("{MIN}[model]\nshadow_share = 1.5\nmin_shadow_overlap = -0.1\n");
+        let e = PipelineConfig::parse(&bad, &[]).unwrap_err();
+        assert!(e.contains("`model.shadow_share`"), "{e}");
+        assert!(e.contains("`model.min_shadow_overlap`"), "{e}");
     }
 
     #[test]

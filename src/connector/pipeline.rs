@@ -82,6 +82,7 @@ struct Shared {
     producer: FutureProducer,
     tracker: Arc<OffsetTracker>,
     encoder: EncoderService,
+    shadow: swap::ShadowSamples,
 }
 
 /// Loads the model and spaces, connects to Kafka and runs the pipeline until `shutdown`
@@ -129,6 +130,7 @@ pub async fn run(
         producer,
         tracker,
         encoder,
+        shadow: swap::ShadowSamples::new(cfg.model.shadow_share, 200),
     });
     let watcher = match (&cfg.model.registry, &cfg.model.pin) {
         (Some(registry), None) => Some(tokio::spawn(watch_registry(
@@ -411,6 +413,7 @@ fn build_outputs(shared: &Shared, batch: &[Item], enc: &Encoded) -> Vec<OutRecor
                     &serving.targets,
                     serving.scorer,
                 );
+                shared.shadow.offer(plan, &labels);
                 let rec = EnrichedRecord {
                     source: SourceRef {
                         id: ev.id().to_string(),
@@ -707,9 +710,14 @@ async fn watch_registry(
         let started = Instant::now();
         let cfg = shared.cfg.clone();
         let dir = target.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || swap::load_serving(&dir, &cfg, false)).await;
-        let (encoder, new_serving) = match loaded {
+        let samples = shared.shadow.snapshot();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let (mut enc, serving) = swap::load_serving(&dir, &cfg, false)?;
+            let overlap = swap::shadow_overlap(&mut enc, &serving, &samples)?;
+            Ok::<_, crate::error::ModelError>((enc, serving, overlap))
+        })
+        .await;
+        let (encoder, new_serving, overlap) = match loaded {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 tracing::error!(pipeline = %name, model = %target.display(), error = %e, "model refused; the current model keeps serving");
@@ -725,6 +733,16 @@ async fn watch_registry(
             }
         };
         let version = encoder.manifest().version.clone();
+        if let Some((ratio, events)) = overlap {
+            metrics::gauge!(t::MODEL_SHADOW_OVERLAP_RATIO, "pipeline" => name.clone()).set(ratio);
+            tracing::info!(pipeline = %name, candidate = %version, serving = %serving, events, top_k_overlap = ratio, "shadow-scored live events");
+            if ratio < shared.cfg.model.min_shadow_overlap {
+                tracing::error!(pipeline = %name, candidate = %version, top_k_overlap = ratio, min = shared.cfg.model.min_shadow_overlap, "model refused: its labels differ from the serving model's more than model.min_shadow_overlap allows; the current model keeps serving");
+                swap::record_swap("refused");
+                refused = Some(target);
+                continue;
+            }
+        }
         shared
             .servings
             .insert(version.clone(), new_serving, &serving);

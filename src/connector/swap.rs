@@ -13,13 +13,20 @@
 //! two models, and every record names its model version. A model that fails any step is
 //! refused with a log line and `uwe_model_swaps_total{outcome="refused"}`; the old one
 //! keeps serving. `model.pin` serves one version and never swaps.
+//!
+//! Shadow scoring: a share of live events (`model.shadow_share`) is kept with the top-k ids
+//! the serving model gave them. Before a swap, the loaded candidate ranks those events too,
+//! and the mean top-k overlap is logged and exported
+//! (`uwe_model_shadow_topk_overlap_ratio`); below `model.min_shadow_overlap` the candidate
+//! is refused.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::config::PipelineConfig;
-use super::enrich::Target;
+use super::enrich::{self, Label, Plan, Target};
 use crate::encoder::Encoder;
 use crate::error::{ModelError, Result};
 use crate::model::{ModelDir, ScorerSpec};
@@ -157,4 +164,143 @@ pub fn versions(registry: &Path) -> Vec<(String, String)> {
         .collect();
     v.sort();
     v
+}
+
+/// One live event kept for shadow scoring: its texts and, per target, the ids the serving
+/// model put in its top k.
+#[derive(Debug, Clone)]
+pub struct ShadowSample {
+    /// The event's plan (texts and units).
+    pub plan: Plan,
+    /// Target name → label ids in rank order.
+    pub ids: BTreeMap<String, Vec<String>>,
+}
+
+/// A bounded window of recent live events for shadow scoring, sampled evenly at a share.
+pub struct ShadowSamples {
+    window: Mutex<VecDeque<ShadowSample>>,
+    capacity: usize,
+    every: u64,
+    seen: AtomicU64,
+}
+
+impl ShadowSamples {
+    /// Keeps one event in `1 / share` (none at 0), at most `capacity` of the newest.
+    pub fn new(share: f64, capacity: usize) -> Self {
+        ShadowSamples {
+            window: Mutex::new(VecDeque::new()),
+            capacity,
+            every: if share > 0.0 {
+                (1.0 / share).round().max(1.0) as u64
+            } else {
+                0
+            },
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Offers an enriched event; it is kept when its turn in the sampling comes.
+    pub fn offer(&self, plan: &Plan, labels: &BTreeMap<String, Vec<Label>>) {
+        if self.every == 0
+            || !self
+                .seen
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(self.every)
+        {
+            return;
+        }
+        let ids = labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(|l| l.id.clone()).collect()))
+            .collect();
+        let mut w = self.window.lock().expect("shadow window lock");
+        if w.len() == self.capacity {
+            w.pop_front();
+        }
+        w.push_back(ShadowSample {
+            plan: plan.clone(),
+            ids,
+        });
+    }
+
+    /// A copy of the window.
+    pub fn snapshot(&self) -> Vec<ShadowSample> {
+        self.window
+            .lock()
+            .expect("shadow window lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Mean top-k overlap between the labels the candidate gives `samples` and the ones the
+/// serving model gave (|A ∩ B| / max(|A|, |B|) per event and target, over the pairs where
+/// either has labels). `None` when there is nothing to compare.
+pub fn shadow_overlap(
+    enc: &mut Encoder,
+    serving: &Serving,
+    samples: &[ShadowSample],
+) -> Result<Option<(f64, usize)>> {
+    let (mut total, mut n) = (0f64, 0usize);
+    for s in samples {
+        let emb = enc.encode(&s.plan.texts)?;
+        let got = enrich::labels(&s.plan, &emb, &serving.targets, serving.scorer);
+        for t in &serving.targets {
+            let old: HashSet<&String> = s.ids.get(&t.cfg.name).into_iter().flatten().collect();
+            let new: HashSet<&String> = got
+                .get(&t.cfg.name)
+                .into_iter()
+                .flatten()
+                .map(|l| &l.id)
+                .collect();
+            let most = old.len().max(new.len());
+            if most > 0 {
+                total += old.intersection(&new).count() as f64 / most as f64;
+                n += 1;
+            }
+        }
+    }
+    Ok((n > 0).then(|| (total / n as f64, samples.len())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(ids: &[&str]) -> BTreeMap<String, Vec<Label>> {
+        let ev = enrich::Evidence {
+            field: "title".into(),
+            start: 0,
+            end: 1,
+            text: "x".into(),
+        };
+        let v = ids
+            .iter()
+            .enumerate()
+            .map(|(r, id)| Label {
+                id: id.to_string(),
+                label: id.to_string(),
+                score: 0.5,
+                rank: r + 1,
+                evidence: ev.clone(),
+            })
+            .collect();
+        BTreeMap::from([("occupations".to_string(), v)])
+    }
+
+    #[test]
+    fn samples_a_share_and_keeps_the_newest() {
+        let s = ShadowSamples::new(0.25, 3);
+        for i in 0..40 {
+            s.offer(&Plan::default(), &labels(&[&format!("c{i}")]));
+        }
+        let w = s.snapshot();
+        // Events 0, 4, 8, …, 36 were sampled; the window keeps the last three.
+        let kept: Vec<&str> = w.iter().map(|x| x.ids["occupations"][0].as_str()).collect();
+        assert_eq!(kept, ["c28", "c32", "c36"]);
+        let off = ShadowSamples::new(0.0, 3);
+        off.offer(&Plan::default(), &labels(&["a"]));
+        assert!(off.snapshot().is_empty());
+    }
 }

@@ -214,12 +214,13 @@ fn tensor_value(name: &str, elem: i32, dims: &[Result<i64, &str>]) -> ValueInfoP
     }
 }
 
-/// Builds the encoder graph and returns the serialised ONNX model. With `head`, the
-/// projection head [`HEAD_WEIGHT`] is applied to the last hidden states.
+/// Builds the encoder graph and returns the serialised ONNX model. `trained` weights take
+/// the place of the base `weights` of the same names; when they hold [`HEAD_WEIGHT`], the
+/// projection head is applied to the last hidden states.
 pub fn build_bert_onnx(
     cfg: &BertConfig,
     weights: &SafeTensors<'_>,
-    head: Option<&SafeTensors<'_>>,
+    trained: Option<&SafeTensors<'_>>,
 ) -> Result<Vec<u8>> {
     if cfg.hidden_act != "gelu" {
         return Err(ModelError::Weights(format!(
@@ -239,7 +240,11 @@ pub fn build_bert_onnx(
     let mut b = Builder {
         nodes: vec![],
         inits: vec![],
-        weights: std::iter::once(weights).chain(head).collect(),
+        // Looked up in order: the trained weights win.
+        weights: trained
+            .into_iter()
+            .chain(std::iter::once(weights))
+            .collect(),
         used: HashMap::new(),
         n: 0,
     };
@@ -326,7 +331,7 @@ pub fn build_bert_onnx(
         let o = b.op("Add", &[&o, &ao], vec![]);
         x = b.layer_norm(&o, &format!("{p}.output.LayerNorm"), h, cfg.layer_norm_eps)?;
     }
-    if head.is_some() {
+    if trained.is_some_and(|t| t.tensor(HEAD_WEIGHT).is_ok()) {
         let w = b.weight(HEAD_WEIGHT, &[h, h])?;
         let wt = b.op("Transpose", &[&w], vec![attr_ints("perm", &[1, 0])]);
         x = b.op("MatMul", &[&x, &wt], vec![]);

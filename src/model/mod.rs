@@ -80,9 +80,10 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
     /// sha256 of the safetensors weights the graph was written from.
     pub weights_sha256: String,
-    /// sha256 of the projection head's safetensors, when the model has one.
-    #[serde(default)]
-    pub head_sha256: Option<String>,
+    /// sha256 of the trained weights' safetensors (`uwe-trainer`'s output), when the model
+    /// has them.
+    #[serde(default, alias = "head_sha256")]
+    pub trained_sha256: Option<String>,
     /// Default scorer and its parameters.
     pub scorer: ScorerSpec,
     /// Which concept text is embedded.
@@ -216,8 +217,9 @@ pub struct BuildSpec {
     pub weights: PathBuf,
     /// `tokenizer.json`.
     pub tokenizer: PathBuf,
-    /// Optional projection head (`head.weight`), from `uwe-trainer`.
-    pub head: Option<PathBuf>,
+    /// Optional trained weights from `uwe-trainer`: base weights of the same names are
+    /// replaced, and a `head.weight` adds the projection head.
+    pub trained: Option<PathBuf>,
     /// Model family name.
     pub name: String,
     /// Version string.
@@ -251,11 +253,11 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
             spec.weights.display()
         ))
     })?;
-    let head_bytes = match &spec.head {
+    let head_bytes = match &spec.trained {
         Some(p) => Some(std::fs::read(p).map_err(ModelError::io(p))?),
         None => None,
     };
-    let head = match (&head_bytes, &spec.head) {
+    let head = match (&head_bytes, &spec.trained) {
         (Some(b), Some(p)) => Some(safetensors::SafeTensors::deserialize(b).map_err(|e| {
             ModelError::Weights(format!("{}: not a safetensors file: {e}", p.display()))
         })?),
@@ -277,7 +279,7 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
         max_seq_len: spec.max_seq_len.min(bert.max_position_embeddings),
         files,
         weights_sha256: sha256_bytes(&weights),
-        head_sha256: head_bytes.as_deref().map(sha256_bytes),
+        trained_sha256: head_bytes.as_deref().map(sha256_bytes),
         scorer: spec.scorer,
         target_text: spec.target_text,
         bert,

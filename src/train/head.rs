@@ -6,6 +6,8 @@
 //! as negatives), both directions, with scores from the soft late interaction the runtime
 //! uses, plus the same loss on pooled cosines (the runtime's first-stage ranker).
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use half::f16;
@@ -26,6 +28,29 @@ pub struct Objective {
     pub late_temperature: f32,
     /// Temperature of the InfoNCE logits.
     pub nce_temperature: f32,
+}
+
+/// What a training run changes: a function from the frozen encoder's token states to the
+/// final token states, with its variables and the named weights it exports.
+pub trait Trainable {
+    /// Token states `[b, l, d]` from input states `[b, l, d]` and the row mask `[b, l]`.
+    fn forward(&self, x: &Tensor, mask_all: &Tensor) -> candle_core::Result<Tensor>;
+    /// The variables the optimiser updates.
+    fn vars(&self) -> Vec<Var>;
+    /// Named f32 weights for the graph builder (Hugging Face names, or [`crate::model::graph::HEAD_WEIGHT`]).
+    fn export(&self) -> candle_core::Result<Vec<(String, Tensor)>>;
+    /// Sets the variables from weights named as [`Trainable::export`] names them (resume).
+    fn restore(&self, named: &HashMap<String, Tensor>) -> candle_core::Result<()> {
+        for (name, var) in self.export()?.iter().map(|(n, _)| n).zip(self.vars()) {
+            let t = named
+                .get(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {name}")))?;
+            var.set(t)?;
+        }
+        Ok(())
+    }
+    /// Width of the token states.
+    fn dim(&self) -> usize;
 }
 
 /// The trainable head.
@@ -64,6 +89,37 @@ impl Head {
         let w = Tensor::from_slice(w, (self.dim, self.dim), &cpu())?;
         self.a
             .set(&w.sub(&Tensor::eye(self.dim, DType::F32, &cpu())?)?)
+    }
+}
+
+impl Trainable for Head {
+    fn forward(&self, x: &Tensor, _mask_all: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        x.reshape((b * l, d))?
+            .matmul(&self.weight()?.t()?)?
+            .reshape((b, l, d))
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        vec![self.a.clone()]
+    }
+
+    fn export(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        Ok(vec![(
+            crate::model::graph::HEAD_WEIGHT.to_string(),
+            self.weight()?,
+        )])
+    }
+
+    fn restore(&self, named: &HashMap<String, Tensor>) -> candle_core::Result<()> {
+        let w = named
+            .get(crate::model::graph::HEAD_WEIGHT)
+            .ok_or_else(|| candle_core::Error::Msg("checkpoint lacks head.weight".into()))?;
+        self.set_weight(&w.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
     }
 }
 
@@ -107,15 +163,23 @@ fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_div(&n)
 }
 
-/// Projected, normalised pooled embeddings `[b, d]` and token rows `[b, l, d]`.
-pub fn project(w: &Tensor, x: &Tensor, mask_all: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-    let (b, l, d) = x.dims3()?;
-    let y = x.reshape((b * l, d))?.matmul(&w.t()?)?.reshape((b, l, d))?;
+/// Normalised pooled embeddings `[b, d]` and token rows `[b, l, d]` of final token states,
+/// as the runtime computes them (masked mean, then L2).
+pub fn pool(y: &Tensor, mask_all: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
     let m = mask_all.unsqueeze(2)?;
     let sum = y.broadcast_mul(&m)?.sum(1)?;
     let cnt = m.sum(1)?.clamp(1e-9, f64::MAX)?;
     let pooled = l2_normalize(&sum.broadcast_div(&cnt)?)?;
-    Ok((pooled, l2_normalize(&y)?))
+    Ok((pooled, l2_normalize(y)?))
+}
+
+/// [`pool`] after a projection `x · wᵀ`.
+pub fn project(w: &Tensor, x: &Tensor, mask_all: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let (b, l, d) = x.dims3()?;
+    pool(
+        &x.reshape((b * l, d))?.matmul(&w.t()?)?.reshape((b, l, d))?,
+        mask_all,
+    )
 }
 
 /// Soft late-interaction scores `[bq, bt]` between every query and every target.
@@ -168,18 +232,17 @@ fn info_nce(scores: &Tensor, same: &Tensor, temp: f32) -> candle_core::Result<Te
 /// One batch's loss. Pairs `i` and `j` are positives of each other when they share their
 /// target (`target_ids`) or their query text (`query_ids`: a sentence naming several skills).
 pub fn batch_loss(
-    head: &Head,
+    model: &dyn Trainable,
     queries: &[&Hidden],
     targets: &[&Hidden],
     query_ids: &[usize],
     target_ids: &[usize],
     obj: Objective,
 ) -> candle_core::Result<Tensor> {
-    let w = head.weight()?;
-    let (qx, qa, qw) = pad(queries, head.dim)?;
-    let (tx, ta, tw) = pad(targets, head.dim)?;
-    let (qp, qt) = project(&w, &qx, &qa)?;
-    let (tp, tt) = project(&w, &tx, &ta)?;
+    let (qx, qa, qw) = pad(queries, model.dim())?;
+    let (tx, ta, tw) = pad(targets, model.dim())?;
+    let (qp, qt) = pool(&model.forward(&qx, &qa)?, &qa)?;
+    let (tp, tt) = pool(&model.forward(&tx, &ta)?, &ta)?;
     let b = queries.len();
     let same: Vec<f32> = (0..b * b)
         .map(|k| {
@@ -210,10 +273,15 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// AdamW over the head's residual.
-    pub fn new(head: &Head, lr: f64, warmup: usize, total: usize) -> candle_core::Result<Self> {
+    /// AdamW over the model's variables.
+    pub fn new(
+        model: &dyn Trainable,
+        lr: f64,
+        warmup: usize,
+        total: usize,
+    ) -> candle_core::Result<Self> {
         let opt = AdamW::new(
-            vec![head.a.clone()],
+            model.vars(),
             ParamsAdamW {
                 lr,
                 weight_decay: 0.01,

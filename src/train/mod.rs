@@ -9,6 +9,7 @@
 //! and starts exactly at the base model (`A = 0`), so a short run cannot make it worse
 //! than the base before the gate even looks.
 
+pub mod bert;
 pub mod data;
 pub mod head;
 
@@ -25,7 +26,7 @@ use crate::eval::{self, Report};
 use crate::model::{self, BuildSpec, ModelDir, ScorerSpec, TargetText};
 use crate::space::cache;
 use data::Pair;
-use head::{Head, Hidden, Objective, Trainer};
+use head::{Hidden, Objective, Trainable, Trainer};
 
 /// A pair as indices: (query state, target state, target id).
 pub type PairRef = (usize, usize, usize);
@@ -178,7 +179,7 @@ impl Rng {
 }
 
 fn loss_of(
-    head: &Head,
+    model: &dyn Trainable,
     states: &[Hidden],
     batch: &[PairRef],
     obj: Objective,
@@ -187,11 +188,11 @@ fn loss_of(
     let t: Vec<&Hidden> = batch.iter().map(|r| &states[r.1]).collect();
     let query_ids: Vec<usize> = batch.iter().map(|r| r.0).collect();
     let target_ids: Vec<usize> = batch.iter().map(|r| r.2).collect();
-    head::batch_loss(head, &q, &t, &query_ids, &target_ids, obj)
+    head::batch_loss(model, &q, &t, &query_ids, &target_ids, obj)
 }
 
 fn mean_loss(
-    head: &Head,
+    model: &dyn Trainable,
     states: &[Hidden],
     refs: &[PairRef],
     batch: usize,
@@ -200,7 +201,7 @@ fn mean_loss(
     let mut total = 0f32;
     let mut n = 0;
     for chunk in refs.chunks(batch).filter(|c| c.len() > 1).take(20) {
-        total += loss_of(head, states, chunk, obj)
+        total += loss_of(model, states, chunk, obj)
             .and_then(|l| l.to_scalar::<f32>())
             .map_err(cerr)?;
         n += 1;
@@ -208,65 +209,141 @@ fn mean_loss(
     Ok(if n == 0 { f32::NAN } else { total / n as f32 })
 }
 
-/// Writes a head as safetensors (`head.weight`, f32 `[dim, dim]`).
-pub fn write_head(path: &Path, w: &[f32], dim: usize) -> Result<()> {
-    let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![dim, dim], &bytes)
-            .map_err(|e| ModelError::Weights(e.to_string()))?;
-    let data = safetensors::serialize([(model::graph::HEAD_WEIGHT, view)], None)
-        .map_err(|e| ModelError::Weights(e.to_string()))?;
+/// Writes trained weights as safetensors (f32, by name): a file the graph builder reads in
+/// place of the base weights of the same names ([`model::BuildSpec::trained`]).
+pub fn write_trained(path: &Path, named: &[(String, candle_core::Tensor)]) -> Result<()> {
+    let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    for (name, t) in named {
+        let v: Vec<f32> = t.flatten_all().and_then(|f| f.to_vec1()).map_err(cerr)?;
+        data.push((
+            name.clone(),
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            t.dims().to_vec(),
+        ));
+    }
+    let mut views = Vec::new();
+    for (name, bytes, shape) in &data {
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map_err(|e| ModelError::Weights(e.to_string()))?;
+        views.push((name.as_str(), view));
+    }
+    let bytes =
+        safetensors::serialize(views, None).map_err(|e| ModelError::Weights(e.to_string()))?;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(ModelError::io(d))?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(ModelError::io(&tmp))?;
+    std::fs::write(&tmp, bytes).map_err(ModelError::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(ModelError::io(path))
 }
 
-/// Reads a head written by [`write_head`].
-pub fn read_head(path: &Path) -> Result<(Vec<f32>, usize)> {
-    let bytes = std::fs::read(path).map_err(ModelError::io(path))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))?;
-    let t = st
-        .tensor(model::graph::HEAD_WEIGHT)
-        .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))?;
-    let dim = t.shape()[0];
-    Ok((
-        t.data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        dim,
-    ))
+/// Reads a file written by [`write_trained`].
+pub fn read_trained(path: &Path) -> Result<HashMap<String, candle_core::Tensor>> {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))
 }
+
+/// What to train on top of the frozen encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trained {
+    /// A residual projection head on the last hidden states.
+    Head,
+    /// The top `n` transformer layers.
+    TopLayers(usize),
+}
+
+impl Trained {
+    /// Parses `head` or `layers:N`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "head" => Some(Trained::Head),
+            _ => s
+                .strip_prefix("layers:")
+                .and_then(|n| n.parse().ok())
+                .filter(|&n| n > 0)
+                .map(Trained::TopLayers),
+        }
+    }
+}
+
+/// The frozen encoder whose states the trained part starts from, and the trained part at its
+/// starting point (the base model's own weights, or an identity head). For the top `n` layers,
+/// the frozen encoder is the base graph cut after layer `L - n`, written into `scratch`.
+pub fn prepare(
+    base: &ModelDir,
+    base_files: &Path,
+    what: Trained,
+    cfg: &EncoderConfig,
+    scratch: &Path,
+) -> Result<(Encoder, Box<dyn Trainable>)> {
+    match what {
+        Trained::Head => Ok((
+            Encoder::load(base, cfg)?,
+            Box::new(head::Head::new(base.manifest.dim).map_err(cerr)?),
+        )),
+        Trained::TopLayers(n) => {
+            let bert = &base.manifest.bert;
+            let top = bert::TopLayers::load(bert, &base_files.join("model.safetensors"), n)
+                .map_err(cerr)?;
+            let mut cut = bert.clone();
+            cut.num_hidden_layers -= n;
+            std::fs::create_dir_all(scratch).map_err(ModelError::io(scratch))?;
+            let config = scratch.join("config.json");
+            std::fs::write(
+                &config,
+                serde_json::to_vec(&cut).expect("config serialises"),
+            )
+            .map_err(ModelError::io(&config))?;
+            let spec = BuildSpec {
+                config,
+                weights: base_files.join("model.safetensors"),
+                tokenizer: base.tokenizer_path(),
+                trained: None,
+                name: "frozen-bottom".into(),
+                version: format!("frozen-bottom-{}", cut.num_hidden_layers),
+                base_model: base.manifest.base_model.clone(),
+                max_seq_len: base.manifest.max_seq_len,
+                scorer: ScorerSpec::Pooled,
+                target_text: TargetText::Label,
+                training_data: vec![],
+                dev_scores: BTreeMap::new(),
+            };
+            let dir = model::build_model_dir(&spec, &scratch.join("model"))?;
+            Ok((Encoder::load(&dir, cfg)?, Box::new(top)))
+        }
+    }
+}
+
+/// Name of the trained weights in a model directory, a checkpoint folder and `trained/`.
+pub const TRAINED_FILE: &str = "trained.safetensors";
+const CHECKPOINT_FILE: &str = TRAINED_FILE;
 
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
     step: usize,
 }
 
-/// Trains a head on `pairs` (dev pairs only measured). Returns the head and the report.
+/// Trains `model` on the states `enc` gives for `pairs` (dev pairs only measured).
 pub fn train(
     enc: &mut Encoder,
+    model: &dyn Trainable,
     pairs: &[Pair],
     dev: &[Pair],
     spec: &TrainSpec,
-) -> Result<(Head, TrainReport)> {
-    let dim = enc.manifest().dim;
+) -> Result<TrainReport> {
     let t0 = Instant::now();
     let all: Vec<Pair> = pairs.iter().chain(dev).cloned().collect();
     let (states, refs) = hidden_states(enc, &all, spec.progress)?;
     let (train_refs, dev_refs) = refs.split_at(pairs.len());
     let encode_seconds = t0.elapsed().as_secs_f64();
 
-    let head = Head::new(dim).map_err(cerr)?;
     let mut start = 0;
     if spec.resume {
         if let Some(dir) = &spec.checkpoint_dir {
-            let (w, _) = read_head(&dir.join("head.safetensors"))?;
-            head.set_weight(&w).map_err(cerr)?;
+            model
+                .restore(&read_trained(&dir.join(CHECKPOINT_FILE))?)
+                .map_err(cerr)?;
             let c: Checkpoint = serde_json::from_str(
                 &std::fs::read_to_string(dir.join("state.json")).map_err(ModelError::io(dir))?,
             )
@@ -274,11 +351,30 @@ pub fn train(
             start = c.step;
         }
     }
-    let dev_before = mean_loss(&head, &states, dev_refs, spec.batch, spec.objective)?;
-    let mut trainer = Trainer::new(&head, spec.lr, spec.warmup, spec.steps).map_err(cerr)?;
+    let dev_before = mean_loss(model, &states, dev_refs, spec.batch, spec.objective)?;
+    let mut trainer = Trainer::new(model, spec.lr, spec.warmup, spec.steps).map_err(cerr)?;
     let mut rng = Rng(spec.seed.max(1));
-    let mut order: Vec<PairRef> = train_refs.to_vec();
-    rng.shuffle(&mut order);
+    // Batches are drawn from one source at a time: job titles and labels are a few tokens,
+    // job-ad sentences tens, so mixed batches would pad short texts to the longest, and
+    // in-batch negatives from the same kind of text are the harder ones.
+    let mut by_source: BTreeMap<&str, Vec<PairRef>> = BTreeMap::new();
+    for (p, r) in pairs.iter().zip(train_refs) {
+        by_source.entry(p.source).or_default().push(*r);
+    }
+    let mut epoch = |rng: &mut Rng| -> Vec<Vec<PairRef>> {
+        let mut batches = Vec::new();
+        for refs in by_source.values_mut() {
+            rng.shuffle(refs);
+            batches.extend(
+                refs.chunks(spec.batch)
+                    .filter(|c| c.len() > 1)
+                    .map(|c| c.to_vec()),
+            );
+        }
+        rng.shuffle(&mut batches);
+        batches
+    };
+    let mut batches = epoch(&mut rng);
     let bar = if spec.progress {
         indicatif::ProgressBar::new((spec.steps - start.min(spec.steps)) as u64)
     } else {
@@ -287,15 +383,16 @@ pub fn train(
     bar.set_style(indicatif::ProgressStyle::with_template("training {bar:40} {pos}/{len} steps, {per_sec}, loss {msg} [{elapsed_precise}, eta {eta}]").expect("template"));
     let mut losses = Vec::new();
     let t1 = Instant::now();
-    let mut cursor = (start * spec.batch) % order.len().max(1);
+    // A resumed run skips the batches the checkpointed steps consumed.
+    let mut cursor = start % batches.len().max(1);
     for step in start..spec.steps {
-        if cursor + spec.batch > order.len() {
-            rng.shuffle(&mut order);
+        if cursor >= batches.len() {
+            batches = epoch(&mut rng);
             cursor = 0;
         }
-        let batch = &order[cursor..(cursor + spec.batch).min(order.len())];
-        cursor += spec.batch;
-        let loss = loss_of(&head, &states, batch, spec.objective).map_err(cerr)?;
+        let batch = &batches[cursor];
+        cursor += 1;
+        let loss = loss_of(model, &states, batch, spec.objective).map_err(cerr)?;
         trainer.step(&loss, step).map_err(cerr)?;
         let l = loss.to_scalar::<f32>().map_err(cerr)?;
         losses.push(l);
@@ -303,11 +400,7 @@ pub fn train(
         bar.inc(1);
         if let Some(dir) = &spec.checkpoint_dir {
             if spec.checkpoint_every > 0 && (step + 1) % spec.checkpoint_every == 0 {
-                write_head(
-                    &dir.join("head.safetensors"),
-                    &head.weight_vec().map_err(cerr)?,
-                    dim,
-                )?;
+                write_trained(&dir.join(CHECKPOINT_FILE), &model.export().map_err(cerr)?)?;
                 std::fs::write(
                     dir.join("state.json"),
                     serde_json::to_string(&Checkpoint { step: step + 1 }).unwrap(),
@@ -327,12 +420,12 @@ pub fn train(
         loss_start: avg(&losses[..tenth.min(losses.len())]),
         loss_end: avg(&losses[losses.len().saturating_sub(tenth)..]),
         dev_loss_before: dev_before,
-        dev_loss_after: mean_loss(&head, &states, dev_refs, spec.batch, spec.objective)?,
+        dev_loss_after: mean_loss(model, &states, dev_refs, spec.batch, spec.objective)?,
         encode_seconds,
         train_seconds,
         steps_per_second: losses.len() as f64 / train_seconds.max(1e-9),
     };
-    Ok((head, report))
+    Ok(report)
 }
 
 /// Scores of a model on the dev tasks, by task name, with the scorer given.
@@ -364,11 +457,11 @@ pub fn dev_scores(
     Ok(out)
 }
 
-/// Builds a candidate model directory from the base and a head.
+/// Builds a candidate model directory from the base and the trained weights.
 pub fn build_candidate(
     base: &ModelDir,
     base_files: &Path,
-    head_path: &Path,
+    trained: &Path,
     out: &Path,
     version: &str,
     scorer: ScorerSpec,
@@ -378,7 +471,7 @@ pub fn build_candidate(
         config: base_files.join("config.json"),
         weights: base_files.join("model.safetensors"),
         tokenizer: base.tokenizer_path(),
-        head: Some(head_path.to_path_buf()),
+        trained: Some(trained.to_path_buf()),
         name: "uwe-minilm-l6".into(),
         version: version.into(),
         base_model: base.manifest.base_model.clone(),
