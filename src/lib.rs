@@ -15,7 +15,7 @@
 //! - [`connector`]: the Kafka pipeline (config, codec, batcher, enrichment, sink, topology).
 //! - [`eval`]: MAP / RP@k / MRR on task files, dev-set converters.
 //! - [`text`]: sentence spans.
-//! - [`train`]: the trainer sidecar (training pairs, projection head on candle, eval gate).
+//! - [`train`]: the trainer sidecar (training pairs, top BERT layers or a projection head on candle, eval gate).
 //! - [`telemetry`]: every metric name, in one place.
 //! - [`error`]: error domains and their classes (bad data, transient, fatal).
 

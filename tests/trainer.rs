@@ -14,6 +14,7 @@ fn tiny_run(what: Trained, lr: f64) {
     let data_dir = root().join("data");
     let spec = data::DataSpec {
         occupation_aliases: true,
+        occupation_titles: false,
         skill_aliases: false,
         skill_descriptions: false,
         occupation_skills: 0,

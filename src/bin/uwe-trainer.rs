@@ -27,7 +27,9 @@ struct Cli {
 enum Cmd {
     /// Train a candidate, evaluate it against the current model, publish it if it is at least as good.
     ///
-    /// Example: uwe-trainer train --steps 3000 --registry registry
+    /// Examples: uwe-trainer train --registry registry
+    ///           uwe-trainer train --train head --steps 600 --lr 5e-4 --registry registry
+    ///           uwe-trainer train --train layers:1 --steps 30 --no-gate   (speed only)
     Train {
         /// Base model directory (training starts from its weights).
         #[arg(long, default_value = "models/base")]
@@ -48,13 +50,15 @@ enum Cmd {
         /// Required MAP gain on every dev task (points; negative tolerates a loss).
         #[arg(long, default_value_t = 0.0)]
         margin: f64,
-        #[arg(long, default_value_t = 2000)]
-        steps: usize,
+        /// Optimiser steps (default: 900 for layers, the shipped recipe; 2000 for the head).
+        #[arg(long)]
+        steps: Option<usize>,
         #[arg(long, default_value_t = 64)]
         batch: usize,
-        #[arg(long, default_value_t = 2e-3)]
-        lr: f64,
-        #[arg(long, default_value_t = 100)]
+        /// Peak learning rate (default: 1e-4 for layers, the shipped recipe; 2e-3 for the head).
+        #[arg(long)]
+        lr: Option<f64>,
+        #[arg(long, default_value_t = 50)]
         warmup: usize,
         /// Soft late-interaction temperature τ (recorded in the manifest).
         #[arg(long, default_value_t = 0.05)]
@@ -65,11 +69,17 @@ enum Cmd {
         /// Analysts' feedback pairs, JSONL {"text", "label_id"}.
         #[arg(long)]
         feedback: Option<PathBuf>,
-        /// Sources to leave out: occupation_alias, skill_alias, skill_description, skillskape.
-        #[arg(long, value_delimiter = ',')]
+        /// Sources to leave out: occupation_alias, occupation_title, skill_alias,
+        /// skill_description, skillskape (`--skip ''` uses all). The default is the shipped
+        /// model's recipe: skill aliases and descriptions cost job normalisation.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "skill_alias,skill_description"
+        )]
         skip: Vec<String>,
-        /// Occupation → essential skills pairs per occupation.
-        #[arg(long, default_value_t = 3)]
+        /// Occupation → essential skills pairs per occupation (0: none, the shipped recipe).
+        #[arg(long, default_value_t = 0)]
         occupation_skills: usize,
         /// Use at most this many training pairs (0: all), for quick runs.
         #[arg(long, default_value_t = 0)]
@@ -81,6 +91,9 @@ enum Cmd {
         checkpoint_every: usize,
         #[arg(long)]
         resume: bool,
+        /// Stop after training and print its report (steps/s, losses): no candidate, no gate.
+        #[arg(long)]
+        no_gate: bool,
         /// Kafka brokers and control topic to announce a published model on.
         #[arg(long)]
         brokers: Option<String>,
@@ -134,11 +147,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         checkpoint_dir,
         checkpoint_every,
         resume,
+        no_gate,
         brokers,
         control_topic,
         data_dir,
         threads,
     } = cli.cmd;
+    let (steps, lr) = match trained {
+        train::Trained::Head => (steps.unwrap_or(2000), lr.unwrap_or(2e-3)),
+        train::Trained::TopLayers(_) => (steps.unwrap_or(900), lr.unwrap_or(1e-4)),
+    };
     let ecfg = EncoderConfig {
         device: Device::Cpu,
         intra_threads: threads,
@@ -153,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
     let dspec = data::DataSpec {
         occupation_aliases: !skip.iter().any(|s| s == "occupation_alias"),
+        occupation_titles: !skip.iter().any(|s| s == "occupation_title"),
         skill_aliases: !skip.iter().any(|s| s == "skill_alias"),
         skill_descriptions: !skip.iter().any(|s| s == "skill_description"),
         occupation_skills,
@@ -206,6 +225,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         &spec,
     )?;
     eprintln!("{}", serde_json::to_string(&report)?);
+    if no_gate {
+        println!(
+            "{}",
+            serde_json::json!({"train": format!("{trained:?}"), "batch": batch, "report": report,
+                "pairs_per_second": report.steps_per_second * batch as f64})
+        );
+        return Ok(());
+    }
     drop(enc);
 
     let version = format!("uwe-{}", time::OffsetDateTime::now_utc().unix_timestamp());

@@ -30,6 +30,9 @@ pub struct Pair {
 pub struct DataSpec {
     /// Occupation alternative labels → occupation.
     pub occupation_aliases: bool,
+    /// Occupation labels dressed as vacancy titles ("Senior …", "… (m/f/d)", "… / …") →
+    /// occupation.
+    pub occupation_titles: bool,
     /// Skill alternative labels → skill.
     pub skill_aliases: bool,
     /// First sentence of a skill's description → skill.
@@ -46,6 +49,51 @@ pub struct DataSpec {
 struct Feedback {
     text: String,
     label_id: String,
+}
+
+/// What vacancy titles wrap around an occupation name without changing the occupation:
+/// seniority, contract, schedule, gender notices, levels. Generic patterns of job boards, not
+/// taken from any evaluation set.
+const TITLE_PREFIXES: [&str; 12] = [
+    "Senior ",
+    "Junior ",
+    "Lead ",
+    "Trainee ",
+    "Intern ",
+    "Internship - ",
+    "Graduate ",
+    "Experienced ",
+    "Apprentice ",
+    "Entry level ",
+    "Urgent: ",
+    "Hiring: ",
+];
+const TITLE_SUFFIXES: [&str; 12] = [
+    " (m/f/d)",
+    " (m/w/d)",
+    " - full time",
+    " - part time",
+    " (contract)",
+    " (temporary)",
+    " - immediate start",
+    " (remote)",
+    " - hybrid",
+    " II",
+    " - night shift",
+    " (fresh graduates welcome)",
+];
+
+/// A vacancy-title version of `name`: a prefix, a suffix, both, or a second name of the same
+/// occupation joined by " / ", chosen by `k`.
+fn dress_title(name: &str, other: Option<&str>, k: usize) -> String {
+    let p = TITLE_PREFIXES[k % TITLE_PREFIXES.len()];
+    let s = TITLE_SUFFIXES[(k / 4) % TITLE_SUFFIXES.len()];
+    match (k % 4, other) {
+        (0, _) => format!("{p}{name}"),
+        (1, _) => format!("{name}{s}"),
+        (2, Some(o)) => format!("{name} / {o}"),
+        _ => format!("{p}{name}{s}"),
+    }
 }
 
 fn first_sentence(d: &str) -> String {
@@ -75,6 +123,23 @@ pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
                         source: src,
                     });
                 }
+            }
+        }
+    }
+    if spec.occupation_titles {
+        // A multiplicative hash spreads the patterns over occupations and their names.
+        let mut k = 0usize;
+        for c in &occs.concepts {
+            let names: Vec<&String> = std::iter::once(&c.label).chain(&c.aliases).collect();
+            for (i, n) in names.iter().enumerate() {
+                k = k.wrapping_mul(2654435761).wrapping_add(i + 1) % 1_000_003;
+                let other = names.get((i + 1) % names.len()).filter(|o| *o != n);
+                out.push(Pair {
+                    query: dress_title(n, other.map(|o| o.as_str()), k),
+                    target: c.label.clone(),
+                    target_id: c.id.clone(),
+                    source: "occupation_title",
+                });
             }
         }
     }
@@ -209,4 +274,23 @@ pub fn split_dev(pairs: Vec<Pair>, per_mille: u64) -> (Vec<Pair>, Vec<Pair>) {
         p.query.hash(&mut h);
         h.finish() % 1000 >= per_mille
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_keep_the_name_and_vary_the_dressing() {
+        let t: Vec<String> = (0..8)
+            .map(|k| dress_title("welder", Some("welding operator"), k))
+            .collect();
+        assert!(t.iter().all(|x| x.contains("welder")), "{t:?}");
+        assert_eq!(t[0], "Senior welder");
+        assert!(t[1].starts_with("welder ("), "{t:?}");
+        assert_eq!(t[2], "welder / welding operator");
+        // Only the " / " form repeats (k = 2 and 6).
+        let distinct: std::collections::HashSet<&String> = t.iter().collect();
+        assert_eq!(distinct.len(), t.len() - 1, "{t:?}");
+    }
 }

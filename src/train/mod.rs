@@ -2,12 +2,13 @@
 //! the dev tasks with the same code as `uwe-connect eval`, and publishes it into a model
 //! registry folder.
 //!
-//! What is trained: a residual projection head (`W = I + A`) on the encoder's token states.
-//! Measured on this kind of machine (2 cores), a full BERT step of 32 pairs costs about 3 s
-//! and the top two layers about 1.1 s, while the head costs milliseconds on precomputed
-//! states; the head trains thousands of steps in minutes, can be shipped as a 590 KB file,
-//! and starts exactly at the base model (`A = 0`), so a short run cannot make it worse
-//! than the base before the gate even looks.
+//! What is trained ([`Trained`]): the top N transformer layers ([`bert::TopLayers`]) or a
+//! residual projection head ([`head::Head`]), both behind [`head::Trainable`]. The frozen
+//! part below runs once per distinct text in ONNX Runtime ([`prepare`] cuts the base graph
+//! after layer L − N), so a step costs only the trained part. Measured on 2 cores
+//! (`BENCHMARKS.md`): the head is the fastest, but on frozen states it never moved job
+//! normalisation; the top two layers moved every dev task, so they are the default.
+//! Training starts at the base model either way (the base's own layer weights, or `A = 0`).
 
 pub mod bert;
 pub mod data;
