@@ -132,3 +132,32 @@ fn tiny_head_run_loss_falls_and_export_matches_candle() {
 fn tiny_top_layer_run_loss_falls_and_export_matches_candle() {
     tiny_run(Trained::TopLayers(1), 1e-4);
 }
+
+#[test]
+fn trained_weights_the_graph_does_not_read_are_refused() {
+    // A seventh layer's weight in a file for a six-layer base: building must fail, naming
+    // it, instead of silently writing the base model.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(train::TRAINED_FILE);
+    let t = Tensor::zeros(384, DType::F32, &Device::Cpu).unwrap();
+    train::write_trained(
+        &path,
+        &[("encoder.layer.6.output.dense.bias".to_string(), t)],
+    )
+    .unwrap();
+    let e = train::build_candidate(
+        &open_base(),
+        &root().join(".uwe/base"),
+        &path,
+        &dir.path().join("cand"),
+        "test-bad",
+        ScorerSpec::Pooled,
+        vec![],
+    )
+    .expect_err("refused");
+    assert!(
+        e.to_string().contains("encoder.layer.6.output.dense.bias"),
+        "{e}"
+    );
+    assert!(!dir.path().join("cand").exists());
+}

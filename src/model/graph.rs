@@ -336,6 +336,22 @@ pub fn build_bert_onnx(
         let wt = b.op("Transpose", &[&w], vec![attr_ints("perm", &[1, 0])]);
         x = b.op("MatMul", &[&x, &wt], vec![]);
     }
+    // A trained weight the graph never reads would be silently lost: refuse it.
+    if let Some(t) = trained {
+        let mut unused: Vec<String> = t
+            .names()
+            .into_iter()
+            .filter(|n| !b.used.contains_key(*n))
+            .map(str::to_string)
+            .collect();
+        if !unused.is_empty() {
+            unused.sort();
+            return Err(ModelError::Weights(format!(
+                "trained weights {unused:?} are not part of a {}-layer model with this config; were they trained for another base model?",
+                cfg.num_hidden_layers
+            )));
+        }
+    }
     b.op_named("Identity", &[&x], vec![], OUTPUT_TOKENS);
 
     // Masked mean pooling, then L2 normalisation.

@@ -384,7 +384,8 @@ pub fn train(
     bar.set_style(indicatif::ProgressStyle::with_template("training {bar:40} {pos}/{len} steps, {per_sec}, loss {msg} [{elapsed_precise}, eta {eta}]").expect("template"));
     let mut losses = Vec::new();
     let t1 = Instant::now();
-    // A resumed run skips the batches the checkpointed steps consumed.
+    // A resumed run starts where the checkpointed steps left off within an epoch; later
+    // epochs are shuffled afresh, so it is close to, not identical with, an unbroken run.
     let mut cursor = start % batches.len().max(1);
     for step in start..spec.steps {
         if cursor >= batches.len() {
