@@ -426,9 +426,10 @@ pub fn run_swap_bench(
     cfg.model.data_dir = data_dir.to_path_buf();
     cfg.encoder = encoder.clone();
     let spaces: Vec<&str> = cfg.targets.iter().map(|t| t.space.as_str()).collect();
-    for (label, run) in [("cold cache", 0), ("warm cache", 1)] {
+    for (label, cold) in [("cold cache", true), ("warm cache", false)] {
         let t0 = Instant::now();
-        let (_enc, serving) = swap::load_serving(model, &cfg, run == 0)?;
+        // The progress bar shows while the cold run embeds the spaces.
+        let (_enc, serving) = swap::load_serving(model, &cfg, cold)?;
         let concepts: usize = serving.targets.iter().map(|t| t.space.len()).sum();
         println!(
             "swap load ({label}): {:.1} s for {} with spaces {spaces:?} ({concepts} concepts)",

@@ -242,10 +242,18 @@ pub fn shadow_overlap(
     serving: &Serving,
     samples: &[ShadowSample],
 ) -> Result<Option<(f64, usize)>> {
-    let (mut total, mut n) = (0f64, 0usize);
+    // One encoder call for every sample's texts, so the encoder batches them by its token
+    // budget instead of running up to 200 small batches.
+    let texts: Vec<&str> = samples
+        .iter()
+        .flat_map(|s| s.plan.texts.iter().map(String::as_str))
+        .collect();
+    let emb = enc.encode(&texts)?;
+    let (mut total, mut n, mut next) = (0f64, 0usize, 0usize);
     for s in samples {
-        let emb = enc.encode(&s.plan.texts)?;
-        let got = enrich::labels(&s.plan, &emb, &serving.targets, serving.scorer);
+        let range = next..next + s.plan.texts.len();
+        next = range.end;
+        let got = enrich::labels(&s.plan, &emb[range], &serving.targets, serving.scorer);
         for t in &serving.targets {
             let old: HashSet<&String> = s.ids.get(&t.cfg.name).into_iter().flatten().collect();
             let new: HashSet<&String> = got

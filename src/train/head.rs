@@ -78,18 +78,6 @@ impl Head {
     pub fn weight(&self) -> candle_core::Result<Tensor> {
         Tensor::eye(self.dim, DType::F32, &cpu())?.add(self.a.as_tensor())
     }
-
-    /// `W` as row-major f32, for export.
-    pub fn weight_vec(&self) -> candle_core::Result<Vec<f32>> {
-        self.weight()?.flatten_all()?.to_vec1::<f32>()
-    }
-
-    /// Loads `A` from a row-major `W`.
-    pub fn set_weight(&self, w: &[f32]) -> candle_core::Result<()> {
-        let w = Tensor::from_slice(w, (self.dim, self.dim), &cpu())?;
-        self.a
-            .set(&w.sub(&Tensor::eye(self.dim, DType::F32, &cpu())?)?)
-    }
 }
 
 impl Trainable for Head {
@@ -115,7 +103,8 @@ impl Trainable for Head {
         let w = named
             .get(crate::model::graph::HEAD_WEIGHT)
             .ok_or_else(|| candle_core::Error::Msg("checkpoint lacks head.weight".into()))?;
-        self.set_weight(&w.flatten_all()?.to_vec1::<f32>()?)
+        self.a
+            .set(&w.sub(&Tensor::eye(self.dim, DType::F32, &cpu())?)?)
     }
 
     fn dim(&self) -> usize {
@@ -171,15 +160,6 @@ pub fn pool(y: &Tensor, mask_all: &Tensor) -> candle_core::Result<(Tensor, Tenso
     let cnt = m.sum(1)?.clamp(1e-9, f64::MAX)?;
     let pooled = l2_normalize(&sum.broadcast_div(&cnt)?)?;
     Ok((pooled, l2_normalize(y)?))
-}
-
-/// [`pool`] after a projection `x · wᵀ`.
-pub fn project(w: &Tensor, x: &Tensor, mask_all: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-    let (b, l, d) = x.dims3()?;
-    pool(
-        &x.reshape((b * l, d))?.matmul(&w.t()?)?.reshape((b, l, d))?,
-        mask_all,
-    )
 }
 
 /// Soft late-interaction scores `[bq, bt]` between every query and every target.
