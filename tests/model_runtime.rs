@@ -132,6 +132,59 @@ fn custom_space_ranks_and_caches_on_disk() {
     assert_eq!(a.pooled, c.pooled);
 }
 
+#[test]
+fn aliases_find_a_title_the_preferred_label_misses() {
+    let mut enc = base_encoder();
+    let dir = tempfile::tempdir().unwrap();
+    let path = root().join("tests/data/tiny_occupations.jsonl");
+    let load = |enc: &mut Encoder, w: Option<f32>| {
+        cache::load_named(path.to_str().unwrap(), &root(), enc, dir.path(), false, w).unwrap()
+    };
+    let plain = load(&mut enc, None);
+    let with = load(&mut enc, Some(0.9));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "labels and aliases are cached apart"
+    );
+    let ids = |s: &cache::EncodedSpace, hits: &[uwe_connect::rank::Hit]| -> Vec<String> {
+        hits.iter()
+            .map(|h| s.space.concepts[h.index].id.clone())
+            .collect()
+    };
+    let q = enc.encode(&["Croupier (m/f/d)"]).unwrap().remove(0);
+    // "gambling dealer" does not look like "croupier"; its alias "croupier" does.
+    let before = ids(&plain, &rank(&plain, &q, 6, ScorerSpec::Pooled));
+    assert_ne!(before[0], "croupier", "{before:?}");
+    for scorer in [
+        ScorerSpec::Pooled,
+        ScorerSpec::Late {
+            temperature: 0.05,
+            rerank_top: 3,
+        },
+    ] {
+        let hits = rank(&with, &q, 3, scorer);
+        assert_eq!(ids(&with, &hits)[0], "croupier", "{scorer:?}: {hits:?}");
+    }
+    // A concept's score is its label's or 0.9 × its best alias's, whichever is higher.
+    let hits = rank(&with, &q, 6, ScorerSpec::Pooled);
+    let alias = enc.encode(&["croupier", "blackjack dealer"]).unwrap();
+    let best = alias
+        .iter()
+        .map(|a| cos(&q.pooled, &a.pooled))
+        .fold(f64::MIN, f64::max);
+    assert!(
+        (hits[0].score as f64 - 0.9 * best).abs() < 1e-3,
+        "{hits:?} vs {best}"
+    );
+    // Cached alias rows come back identical.
+    let again = load(&mut enc, Some(0.9));
+    assert_eq!(
+        again.aliases.as_ref().unwrap().rows.pooled,
+        with.aliases.as_ref().unwrap().rows.pooled
+    );
+}
+
 fn copy_model(to: &std::path::Path) {
     for f in ["manifest.json", "model.onnx", "tokenizer.json"] {
         std::fs::copy(base_model_dir().join(f), to.join(f)).unwrap();

@@ -47,6 +47,12 @@ struct RuntimeArgs {
     /// Concept text to embed (label, label_description, label_aliases); default: the manifest's.
     #[arg(long)]
     target_text: Option<String>,
+    /// Also match the concepts' alternative labels (as `targets.match_aliases`).
+    #[arg(long)]
+    match_aliases: bool,
+    /// Weight of an alias match, in (0, 1] (as `targets.alias_weight`).
+    #[arg(long, default_value_t = uwe_connect::connector::config::DEFAULT_ALIAS_WEIGHT)]
+    alias_weight: f32,
 }
 
 impl RuntimeArgs {
@@ -84,6 +90,7 @@ impl RuntimeArgs {
             enc,
             &self.cache_dir(),
             true,
+            self.match_aliases.then_some(self.alias_weight),
         )?)
     }
 }
@@ -444,6 +451,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut v = serde_json::to_value(&r)?;
             v["model"] = enc.manifest().version.clone().into();
             v["space"] = space.into();
+            if rt.match_aliases {
+                v["alias_weight"] = format!("{}", rt.alias_weight).into();
+            }
             v["scorer"] = serde_json::to_value(s)?;
             println!("{v}");
         }

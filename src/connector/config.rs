@@ -163,6 +163,30 @@ pub struct TargetSection {
     /// Labels scoring below this are dropped.
     #[serde(default)]
     pub min_score: f32,
+    /// Also match each concept's alternative labels, each embedded on its own; a concept
+    /// scores `max(label, alias_weight × best alias)`. Pays off for job titles (+3.8 to
+    /// +4.6 MAP on the job-normalisation dev set); for skills it helped one dev set and cost
+    /// the other.
+    #[serde(default)]
+    pub match_aliases: bool,
+    /// Weight of an alias match against a preferred-label match, in (0, 1].
+    #[serde(default = "default_alias_weight")]
+    pub alias_weight: f32,
+}
+
+impl TargetSection {
+    /// The alias weight when aliases are matched.
+    pub fn alias_weight(&self) -> Option<f32> {
+        self.match_aliases.then_some(self.alias_weight)
+    }
+}
+
+/// Default of `targets.alias_weight`: the best of 0.8, 0.9, 0.95 and 1 on the
+/// job-normalisation dev set, for the base and the default model alike.
+pub const DEFAULT_ALIAS_WEIGHT: f32 = 0.9;
+
+fn default_alias_weight() -> f32 {
+    DEFAULT_ALIAS_WEIGHT
 }
 
 /// `[batching]`.
@@ -416,6 +440,12 @@ impl PipelineConfig {
             if !(-1.0..=1.0).contains(&t.min_score) {
                 errs.push(format!("`targets[{i}].min_score` must be between -1 and 1"));
             }
+            if !(t.alias_weight > 0.0 && t.alias_weight <= 1.0) {
+                errs.push(format!(
+                    "`targets[{i}].alias_weight` must be in (0, 1], got {}",
+                    t.alias_weight
+                ));
+            }
             if t.fields.is_empty() {
                 errs.push(format!("`targets[{i}].fields` must not be empty"));
             }
@@ -507,6 +537,17 @@ k = 3
         )
         .unwrap_err();
         assert!(e.contains("kafka.input_topics"), "{e}");
+    }
+
+    #[test]
+    fn alias_matching_is_off_by_default_and_its_weight_checked() {
+        let c = PipelineConfig::parse(MIN, &[]).unwrap();
+        assert_eq!(c.targets[0].alias_weight(), None);
+        let on = MIN.replace("k = 3", "k = 3\nmatch_aliases = true");
+        let c = PipelineConfig::parse(&on, &[]).unwrap();
+        assert_eq!(c.targets[0].alias_weight(), Some(DEFAULT_ALIAS_WEIGHT));
+        let e = PipelineConfig::parse(&format!("{on}\nalias_weight = 1.5\n"), &[]).unwrap_err();
+        assert!(e.contains("`targets[0].alias_weight`"), "{e}");
     }
 
     #[test]

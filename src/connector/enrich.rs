@@ -229,6 +229,8 @@ mod tests {
             mode,
             k: 3,
             min_score: 0.0,
+            match_aliases: false,
+            alias_weight: 0.9,
         }
     }
 

@@ -96,6 +96,7 @@ pub fn load_serving(
             &mut enc,
             &cache_dir,
             progress,
+            tc.alias_weight(),
         )?;
         targets.push(Target {
             cfg: tc.clone(),

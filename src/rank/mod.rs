@@ -5,13 +5,16 @@
 //! `aᵢⱼ = softmax_j(qᵢ·tⱼ / τ)` and `score = meanᵢ Σⱼ aᵢⱼ · cos(qᵢ, tⱼ)`; τ → 0 is MaxSim.
 //! Exhaustive late interaction over 13,896 skills is too slow for a stream, so the default
 //! ranks with pooled vectors first and reranks the top N with late interaction.
+//!
+//! A space matched on its aliases too ([`AliasRows`]) scores each concept
+//! `max(label score, weight × best alias score)` under either scorer.
 
 use half::f16;
 use serde::Serialize;
 
 use crate::encoder::TextEmbedding;
 use crate::model::ScorerSpec;
-use crate::space::cache::EncodedSpace;
+use crate::space::cache::{AliasRows, EncodedSpace};
 
 /// One ranked concept.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -85,13 +88,26 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Pooled cosine of the query against every concept.
+/// Pooled cosine of the query against every concept (with aliases: see the module docs).
 pub fn pooled_scores(space: &EncodedSpace, q: &TextEmbedding) -> Vec<f32> {
-    space
+    let mut scores: Vec<f32> = space
         .pooled
         .chunks_exact(space.dim)
         .map(|p| dot(p, &q.pooled))
-        .collect()
+        .collect();
+    if let Some(a) = &space.aliases {
+        fold_aliases(a, &mut scores, &pooled_scores(&a.rows, q));
+    }
+    scores
+}
+
+/// Raises each concept's score to its weighted best alias score.
+fn fold_aliases(a: &AliasRows, scores: &mut [f32], alias_scores: &[f32]) {
+    for (i, s) in scores.iter_mut().enumerate() {
+        for &x in &alias_scores[a.offsets[i]..a.offsets[i + 1]] {
+            *s = s.max(a.weight * x);
+        }
+    }
 }
 
 /// Soft late-interaction score of query token rows against target token rows.
@@ -163,6 +179,11 @@ pub fn pooled_scores_many(space: &EncodedSpace, qs: &[&TextEmbedding]) -> Vec<Ve
             }
         }
     }
+    if let Some(a) = &space.aliases {
+        for (row, alias_row) in out.iter_mut().zip(pooled_scores_many(&a.rows, qs)) {
+            fold_aliases(a, row, &alias_row);
+        }
+    }
     out
 }
 
@@ -217,13 +238,16 @@ fn rank_with_pooled(
         } => {
             let mut scratch = Vec::new();
             let late = |i: usize, scratch: &mut Vec<f32>| {
-                late_score(
-                    &q.tokens,
-                    space.tokens_of(i),
-                    space.dim,
-                    temperature,
-                    scratch,
-                )
+                let one = |s: &EncodedSpace, i: usize, scratch: &mut Vec<f32>| {
+                    late_score(&q.tokens, s.tokens_of(i), s.dim, temperature, scratch)
+                };
+                let mut best = one(space, i, scratch);
+                if let Some(a) = &space.aliases {
+                    for j in a.offsets[i]..a.offsets[i + 1] {
+                        best = best.max(a.weight * one(&a.rows, j, scratch));
+                    }
+                }
+                best
             };
             if rerank_top == 0 || rerank_top >= space.len() {
                 let all: Vec<f32> = (0..space.len()).map(|i| late(i, &mut scratch)).collect();
@@ -280,6 +304,10 @@ mod tests {
     }
 
     fn space(n: usize, dim: usize) -> EncodedSpace {
+        space_seeded(n, dim, 0)
+    }
+
+    fn space_seeded(n: usize, dim: usize, seed: usize) -> EncodedSpace {
         let concepts = (0..n)
             .map(|i| crate::space::Concept {
                 id: i.to_string(),
@@ -299,7 +327,7 @@ mod tests {
         let mut offsets = vec![0];
         for i in 0..n {
             let mut v: Vec<f32> = (0..dim)
-                .map(|d| ((i * 7 + d * 3) % 11) as f32 - 5.0)
+                .map(|d| ((i * 7 + d * 3 + seed * (d + 1)) % 11) as f32 - 5.0)
                 .collect();
             crate::encoder::normalize(&mut v);
             pooled.extend_from_slice(&v);
@@ -314,6 +342,7 @@ mod tests {
             offsets,
             tokens,
             model_version: "m".into(),
+            aliases: None,
         }
     }
 
@@ -346,6 +375,83 @@ mod tests {
                 assert_eq!(&rank(&s, q, 10, scorer), m);
             }
             assert!(many.last().unwrap().is_empty(), "empty query, no labels");
+        }
+    }
+
+    fn with_aliases(mut s: EncodedSpace, per_concept: usize, weight: f32) -> EncodedSpace {
+        let n = s.len();
+        s.aliases = Some(Box::new(AliasRows {
+            weight,
+            offsets: (0..=n).map(|i| i * per_concept).collect(),
+            rows: space_seeded(n * per_concept, s.dim, 5),
+        }));
+        s
+    }
+
+    #[test]
+    fn aliases_raise_a_concept_to_its_weighted_best_alias() {
+        let s = with_aliases(space(40, 16), 2, 0.9);
+        let a = s.aliases.as_ref().unwrap();
+        // The query is alias 7 verbatim: its owner, concept 3, scores 0.9 at least.
+        let v = a.rows.pooled_of(7).to_vec();
+        let q = TextEmbedding {
+            tokens: v.clone(),
+            pooled: v,
+            n_tokens: 1,
+            n_windows: 1,
+        };
+        let scores = pooled_scores(&s, &q);
+        for (i, &got) in scores.iter().enumerate() {
+            let label = dot(s.pooled_of(i), &q.pooled);
+            let best_alias = (2 * i..2 * i + 2)
+                .map(|j| dot(a.rows.pooled_of(j), &q.pooled))
+                .fold(f32::MIN, f32::max);
+            assert!(
+                (got - label.max(0.9 * best_alias)).abs() < 1e-5,
+                "concept {i}"
+            );
+        }
+        assert!(scores[3] >= 0.9 - 1e-5);
+        let plain = pooled_scores(&space(40, 16), &q);
+        assert!(plain[3] < scores[3], "the alias lifted its concept");
+        let late = rank(
+            &s,
+            &q,
+            1,
+            ScorerSpec::Late {
+                temperature: 0.0,
+                rerank_top: 0,
+            },
+        );
+        assert!(late[0].score >= 0.9 - 1e-3, "{late:?}");
+    }
+
+    #[test]
+    fn rank_many_equals_rank_one_by_one_with_aliases() {
+        let s = with_aliases(space(100, 16), 3, 0.8);
+        let qs: Vec<TextEmbedding> = (0..4)
+            .map(|j| {
+                let v = s.aliases.as_ref().unwrap().rows.pooled_of(j * 31).to_vec();
+                TextEmbedding {
+                    tokens: v.clone(),
+                    pooled: v,
+                    n_tokens: 1,
+                    n_windows: 1,
+                }
+            })
+            .collect();
+        let refs: Vec<&TextEmbedding> = qs.iter().collect();
+        for scorer in [
+            ScorerSpec::Pooled,
+            ScorerSpec::Late {
+                temperature: 0.1,
+                rerank_top: 20,
+            },
+        ] {
+            let many = rank_many(&s, &refs, 10, scorer);
+            for (q, m) in qs.iter().zip(&many) {
+                assert_eq!(&rank(&s, q, 10, scorer), m);
+            }
         }
     }
 

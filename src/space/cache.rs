@@ -32,6 +32,22 @@ pub struct EncodedSpace {
     pub tokens: Vec<f16>,
     /// Model version that produced the embeddings.
     pub model_version: String,
+    /// The concepts' alternative labels, embedded one by one, when the space is matched on
+    /// them too ([`with_aliases`]).
+    pub aliases: Option<Box<AliasRows>>,
+}
+
+/// A space's alternative labels, each embedded on its own. A concept then scores
+/// `max(label score, weight × best alias score)`: a vacancy titled with an alias ("web
+/// developer") finds its occupation even where the preferred label reads differently.
+#[derive(Debug)]
+pub struct AliasRows {
+    /// How much an alias match counts against a preferred-label match, in (0, 1].
+    pub weight: f32,
+    /// Concept `i`'s aliases are rows `offsets[i]..offsets[i+1]` of `rows`.
+    pub offsets: Vec<usize>,
+    /// The aliases, one concept each.
+    pub rows: EncodedSpace,
 }
 
 impl EncodedSpace {
@@ -54,6 +70,11 @@ impl EncodedSpace {
     pub fn pooled_of(&self, i: usize) -> &[f32] {
         &self.pooled[i * self.dim..(i + 1) * self.dim]
     }
+
+    /// Rows embedded for the space: concepts plus aliases.
+    pub fn rows(&self) -> usize {
+        self.len() + self.aliases.as_ref().map_or(0, |a| a.rows.len())
+    }
 }
 
 /// The cache directory: `UWE_CACHE_DIR`, else `$XDG_CACHE_HOME/uwe-connect`, else
@@ -70,16 +91,49 @@ pub fn default_cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".uwe/cache"))
 }
 
-/// Resolves a space name ([`TargetSpace::resolve`]) and loads or computes its embeddings.
+/// Resolves a space name ([`TargetSpace::resolve`]) and loads or computes its embeddings;
+/// with `alias_weight`, its aliases' too ([`with_aliases`]).
 pub fn load_named(
     spec: &str,
     data_dir: &Path,
     encoder: &mut Encoder,
     cache_dir: &Path,
     progress: bool,
+    alias_weight: Option<f32>,
 ) -> Result<EncodedSpace> {
     let space = Arc::new(TargetSpace::resolve(spec, data_dir)?);
-    load_or_encode(space, encoder, cache_dir, progress)
+    let s = load_or_encode(space, encoder, cache_dir, progress)?;
+    match alias_weight {
+        Some(w) => with_aliases(s, w, encoder, cache_dir, progress),
+        None => Ok(s),
+    }
+}
+
+/// Adds the space's aliases, embedded (and cached) as a space of their own, matched with
+/// `weight` (see [`AliasRows`]).
+pub fn with_aliases(
+    mut s: EncodedSpace,
+    weight: f32,
+    encoder: &mut Encoder,
+    cache_dir: &Path,
+    progress: bool,
+) -> Result<EncodedSpace> {
+    if !(weight > 0.0 && weight <= 1.0) {
+        return Err(ModelError::Invalid(format!(
+            "alias weight {weight} is outside (0, 1]"
+        )));
+    }
+    let (aliases, offsets) = s.space.alias_space();
+    if aliases.concepts.is_empty() {
+        return Ok(s);
+    }
+    let rows = load_or_encode(Arc::new(aliases), encoder, cache_dir, progress)?;
+    s.aliases = Some(Box::new(AliasRows {
+        weight,
+        offsets,
+        rows,
+    }));
+    Ok(s)
 }
 
 /// Loads the space's embeddings from `cache_dir`, or computes and stores them.
@@ -170,6 +224,7 @@ pub fn encode(
         offsets,
         tokens,
         model_version: m.version.clone(),
+        aliases: None,
     })
 }
 
@@ -236,5 +291,6 @@ fn read(file: &Path, space: Arc<TargetSpace>, model_version: &str) -> Result<Enc
         offsets,
         tokens,
         model_version: model_version.to_string(),
+        aliases: None,
     })
 }

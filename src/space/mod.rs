@@ -91,6 +91,34 @@ impl TargetSpace {
         }
     }
 
+    /// The space of this space's alternative labels, one concept per distinct alias (its id
+    /// the owner's id), with `offsets`: concept `i`'s aliases are `offsets[i]..offsets[i+1]`.
+    /// Aliases equal to the preferred label (ignoring case) are left out.
+    pub fn alias_space(&self) -> (TargetSpace, Vec<usize>) {
+        let mut concepts = Vec::new();
+        let mut offsets = vec![0];
+        for c in &self.concepts {
+            let mut seen = std::collections::HashSet::from([c.label.trim().to_lowercase()]);
+            for a in &c.aliases {
+                if seen.insert(a.trim().to_lowercase()) {
+                    concepts.push(Concept {
+                        id: c.id.clone(),
+                        label: a.trim().to_string(),
+                        aliases: vec![],
+                        description: None,
+                    });
+                }
+            }
+            offsets.push(concepts.len());
+        }
+        let space = TargetSpace::new(
+            format!("{}.aliases", self.name),
+            self.taxonomy_version.clone(),
+            concepts,
+        );
+        (space, offsets)
+    }
+
     /// Resolves a space name: `esco-skills`, `esco-occupations`, or a path to a JSONL file.
     pub fn resolve(spec: &str, data_dir: &Path) -> Result<Self> {
         match spec {
@@ -264,6 +292,15 @@ mod tests {
         assert_eq!(s.concepts.len(), 13896);
         let o = TargetSpace::resolve("esco-occupations", &dir).unwrap();
         assert_eq!(o.concepts.len(), 3007);
+        let (a, offsets) = o.alias_space();
+        assert_eq!(offsets.len(), 3008);
+        assert!(a.concepts.len() > 25_000, "{} aliases", a.concepts.len());
+        for (i, c) in o.concepts.iter().enumerate() {
+            for alias in &a.concepts[offsets[i]..offsets[i + 1]] {
+                assert_eq!(alias.id, c.id);
+                assert_ne!(alias.label.to_lowercase(), c.label.to_lowercase());
+            }
+        }
         assert!(o
             .concepts
             .iter()

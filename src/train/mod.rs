@@ -41,20 +41,25 @@ pub struct DevTask {
     pub space: String,
     /// Task file.
     pub tasks: PathBuf,
+    /// Alias weight when the space's aliases are matched too, as the shipped connectors do.
+    pub alias_weight: Option<f32>,
 }
 
-/// The default dev tasks in `data/eval/`.
+/// The default dev tasks in `data/eval/`, ranked as the shipped connectors rank: job
+/// titles against occupations and their aliases, sentences against skill labels.
 pub fn default_dev_tasks(data_dir: &Path) -> Vec<DevTask> {
+    let aliases = Some(crate::connector::config::DEFAULT_ALIAS_WEIGHT);
     [
-        ("skill_extraction_tech", "esco-skills"),
-        ("skill_extraction_house", "esco-skills"),
-        ("job_normalization", "esco-occupations"),
+        ("skill_extraction_tech", "esco-skills", None),
+        ("skill_extraction_house", "esco-skills", None),
+        ("job_normalization", "esco-occupations", aliases),
     ]
     .iter()
-    .map(|(n, s)| DevTask {
+    .map(|&(n, s, a)| DevTask {
         name: n.to_string(),
         space: s.to_string(),
         tasks: data_dir.join(format!("eval/{n}_dev.jsonl")),
+        alias_weight: a,
     })
     .collect()
 }
@@ -440,16 +445,24 @@ pub fn dev_scores(
     cache_dir: &Path,
 ) -> Result<BTreeMap<String, Report>> {
     let mut enc = Encoder::load(dir, cfg)?;
-    let mut spaces: HashMap<String, cache::EncodedSpace> = HashMap::new();
+    let mut spaces: HashMap<(String, Option<u32>), cache::EncodedSpace> = HashMap::new();
     let mut out = BTreeMap::new();
     for t in tasks {
-        if !spaces.contains_key(&t.space) {
-            let s = cache::load_named(&t.space, data_dir, &mut enc, cache_dir, false)?;
-            spaces.insert(t.space.clone(), s);
+        let key = (t.space.clone(), t.alias_weight.map(f32::to_bits));
+        if !spaces.contains_key(&key) {
+            let s = cache::load_named(
+                &t.space,
+                data_dir,
+                &mut enc,
+                cache_dir,
+                false,
+                t.alias_weight,
+            )?;
+            spaces.insert(key.clone(), s);
         }
         let r = eval::evaluate(
             &mut enc,
-            &spaces[&t.space],
+            &spaces[&key],
             &eval::read_tasks(&t.tasks)?,
             scorer,
             false,

@@ -261,6 +261,7 @@ space = "esco-occupations"
 fields = {occ_fields}
 mode = "whole"
 k = 3
+match_aliases = true
 [[targets]]
 name = "skills"
 space = "esco-skills"
