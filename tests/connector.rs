@@ -109,6 +109,21 @@ fn json_vacancies_poison_dead_lettered_sigterm_drains_and_commits() {
             .any(|l| l.contains("test") || l.contains("quality") || l.contains("software")),
         "{labels:?}"
     );
+    // Occupations match ESCO's alternative labels too: "Cloud DevOps Engineer" is an alias of
+    // "cloud engineer", and the record names the alias that matched.
+    let cloud = out
+        .iter()
+        .map(|g| g.json())
+        .find(|v| v["source"]["id"] == "v-1")
+        .unwrap();
+    let top = &cloud["labels"]["occupations"][0];
+    assert_eq!(top["label"], "cloud engineer", "{cloud}");
+    assert_eq!(top["matched"], "cloud devops engineer", "{cloud}");
+    assert!(cloud["labels"]["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l.get("matched").is_none()));
 
     let reasons: HashSet<String> = dlq
         .iter()

@@ -485,7 +485,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .enumerate()
                         .map(|(r, h)| {
                             let c = &sp.space.concepts[h.index];
-                            serde_json::json!({"rank": r + 1, "id": c.id, "label": c.label, "score": h.score})
+                            let mut v = serde_json::json!({"rank": r + 1, "id": c.id, "label": c.label, "score": h.score});
+                            if let Some(a) = sp.alias_text(h.alias) {
+                                v["matched"] = a.into();
+                            }
+                            v
                         })
                         .collect();
                     println!("{}", serde_json::json!({"text": line, "labels": labels}));
@@ -496,7 +500,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     for (r, h) in hits.iter().enumerate() {
                         let c = &sp.space.concepts[h.index];
-                        println!("  {:>2}. {:.3}  {:<50} {}", r + 1, h.score, c.label, c.id);
+                        let label = match sp.alias_text(h.alias) {
+                            Some(a) => format!("{} (as \"{a}\")", c.label),
+                            None => c.label.clone(),
+                        };
+                        println!("  {:>2}. {:.3}  {label:<50} {}", r + 1, h.score, c.id);
                     }
                 }
             }

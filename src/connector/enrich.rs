@@ -46,6 +46,10 @@ pub struct Label {
     pub score: f32,
     /// 1-based rank (within its text in `whole` mode, within the event in `sentences` mode).
     pub rank: usize,
+    /// The alternative label that matched, when it scored above the preferred label
+    /// (`targets.match_aliases`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<String>,
     /// The text that earned it.
     pub evidence: Evidence,
 }
@@ -162,6 +166,7 @@ pub fn labels(
         let ranked = rank_many(&t.space, &queries, t.cfg.k, scorer);
         let units = units.into_iter().zip(ranked);
         let concepts = &t.space.space.concepts;
+        let matched = |h: &crate::rank::Hit| t.space.alias_text(h.alias).map(str::to_string);
         let mut labels: Vec<Label> = Vec::new();
         match t.cfg.mode {
             Mode::Whole => {
@@ -175,6 +180,7 @@ pub fn labels(
                                 label: concepts[h.index].label.clone(),
                                 score: h.score,
                                 rank: r + 1,
+                                matched: matched(&h),
                                 evidence: u.evidence.clone(),
                             }),
                     );
@@ -182,30 +188,35 @@ pub fn labels(
             }
             Mode::Sentences => {
                 // Each concept keeps its best-scoring sentence.
-                let mut best: std::collections::HashMap<usize, (f32, &Unit)> = Default::default();
+                let mut best: std::collections::HashMap<usize, (crate::rank::Hit, &Unit)> =
+                    Default::default();
                 for (u, hits) in units {
                     for h in hits {
                         if h.score < t.cfg.min_score {
                             continue;
                         }
-                        let e = best.entry(h.index).or_insert((h.score, u));
-                        if h.score > e.0 {
-                            *e = (h.score, u);
+                        let e = best.entry(h.index).or_insert((h, u));
+                        if h.score > e.0.score {
+                            *e = (h, u);
                         }
                     }
                 }
-                let mut v: Vec<(usize, f32, &Unit)> =
-                    best.into_iter().map(|(i, (s, u))| (i, s, u)).collect();
-                v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                let mut v: Vec<(crate::rank::Hit, &Unit)> = best.into_values().collect();
+                v.sort_by(|a, b| {
+                    b.0.score
+                        .total_cmp(&a.0.score)
+                        .then(a.0.index.cmp(&b.0.index))
+                });
                 v.truncate(t.cfg.k);
                 labels = v
                     .into_iter()
                     .enumerate()
-                    .map(|(r, (i, s, u))| Label {
-                        id: concepts[i].id.clone(),
-                        label: concepts[i].label.clone(),
-                        score: s,
+                    .map(|(r, (h, u))| Label {
+                        id: concepts[h.index].id.clone(),
+                        label: concepts[h.index].label.clone(),
+                        score: h.score,
                         rank: r + 1,
+                        matched: matched(&h),
                         evidence: u.evidence.clone(),
                     })
                     .collect();

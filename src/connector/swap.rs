@@ -292,6 +292,7 @@ mod tests {
                 label: id.to_string(),
                 score: 0.5,
                 rank: r + 1,
+                matched: None,
                 evidence: ev.clone(),
             })
             .collect();

@@ -23,6 +23,9 @@ pub struct Hit {
     pub index: usize,
     /// Score under the scorer used.
     pub score: f32,
+    /// Row of the space's alias rows whose match earned the score, when an alias beat the
+    /// preferred label (named for the `k` best only; `None` in a whole-space ranking).
+    pub alias: Option<usize>,
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -160,6 +163,7 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<Hit> {
         .map(|i| Hit {
             index: i,
             score: scores[i],
+            alias: None,
         })
         .collect()
 }
@@ -222,7 +226,50 @@ pub fn rank(space: &EncodedSpace, q: &TextEmbedding, k: usize, scorer: ScorerSpe
     rank_with_pooled(space, q, pooled_scores(space, q), k, scorer)
 }
 
+/// Concept `i`'s score under `scorer`, and the alias row that earned it, if one did.
+fn concept_score(
+    space: &EncodedSpace,
+    i: usize,
+    q: &TextEmbedding,
+    scorer: ScorerSpec,
+    scratch: &mut Vec<f32>,
+) -> (f32, Option<usize>) {
+    let one = |s: &EncodedSpace, i: usize, scratch: &mut Vec<f32>| match scorer {
+        ScorerSpec::Pooled => dot(s.pooled_of(i), &q.pooled),
+        ScorerSpec::Late { temperature, .. } => {
+            late_score(&q.tokens, s.tokens_of(i), s.dim, temperature, scratch)
+        }
+    };
+    let mut best = (one(space, i, scratch), None);
+    if let Some(a) = &space.aliases {
+        for j in a.offsets[i]..a.offsets[i + 1] {
+            let s = a.weight * one(&a.rows, j, scratch);
+            if s > best.0 {
+                best = (s, Some(j));
+            }
+        }
+    }
+    best
+}
+
 fn rank_with_pooled(
+    space: &EncodedSpace,
+    q: &TextEmbedding,
+    pooled: Vec<f32>,
+    k: usize,
+    scorer: ScorerSpec,
+) -> Vec<Hit> {
+    let mut hits = rank_scores(space, q, pooled, k, scorer);
+    if k > 0 && space.aliases.is_some() {
+        let mut scratch = Vec::new();
+        for h in &mut hits {
+            h.alias = concept_score(space, h.index, q, scorer, &mut scratch).1;
+        }
+    }
+    hits
+}
+
+fn rank_scores(
     space: &EncodedSpace,
     q: &TextEmbedding,
     pooled: Vec<f32>,
@@ -232,23 +279,10 @@ fn rank_with_pooled(
     let want = if k == 0 { space.len() } else { k };
     match scorer {
         ScorerSpec::Pooled => top_k(&pooled, want),
-        ScorerSpec::Late {
-            temperature,
-            rerank_top,
-        } => {
+        ScorerSpec::Late { rerank_top, .. } => {
             let mut scratch = Vec::new();
-            let late = |i: usize, scratch: &mut Vec<f32>| {
-                let one = |s: &EncodedSpace, i: usize, scratch: &mut Vec<f32>| {
-                    late_score(&q.tokens, s.tokens_of(i), s.dim, temperature, scratch)
-                };
-                let mut best = one(space, i, scratch);
-                if let Some(a) = &space.aliases {
-                    for j in a.offsets[i]..a.offsets[i + 1] {
-                        best = best.max(a.weight * one(&a.rows, j, scratch));
-                    }
-                }
-                best
-            };
+            let late =
+                |i: usize, scratch: &mut Vec<f32>| concept_score(space, i, q, scorer, scratch).0;
             if rerank_top == 0 || rerank_top >= space.len() {
                 let all: Vec<f32> = (0..space.len()).map(|i| late(i, &mut scratch)).collect();
                 return top_k(&all, want);
@@ -259,6 +293,7 @@ fn rank_with_pooled(
                 .map(|h| Hit {
                     index: h.index,
                     score: late(h.index, &mut scratch),
+                    alias: None,
                 })
                 .collect();
             rescored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
@@ -327,7 +362,11 @@ mod tests {
         let mut offsets = vec![0];
         for i in 0..n {
             let mut v: Vec<f32> = (0..dim)
-                .map(|d| ((i * 7 + d * 3 + seed * (d + 1)) % 11) as f32 - 5.0)
+                .map(|d| {
+                    // Deterministic pseudo-random coordinates: no two rows alike.
+                    let x = ((i * dim + d) as f32 * 12.9898 + seed as f32 * 78.233).sin() * 43758.5;
+                    x - x.floor() - 0.5
+                })
                 .collect();
             crate::encoder::normalize(&mut v);
             pooled.extend_from_slice(&v);
@@ -412,6 +451,8 @@ mod tests {
             );
         }
         assert!(scores[3] >= 0.9 - 1e-5);
+        let top = rank(&s, &q, 1, ScorerSpec::Pooled);
+        assert_eq!((top[0].index, top[0].alias), (3, Some(7)), "{top:?}");
         let plain = pooled_scores(&space(40, 16), &q);
         assert!(plain[3] < scores[3], "the alias lifted its concept");
         let late = rank(
@@ -424,6 +465,11 @@ mod tests {
             },
         );
         assert!(late[0].score >= 0.9 - 1e-3, "{late:?}");
+        assert_eq!((late[0].index, late[0].alias), (3, Some(7)), "{late:?}");
+        // Without aliases, no hit names one.
+        assert!(rank(&space(40, 16), &q, 5, ScorerSpec::Pooled)
+            .iter()
+            .all(|h| h.alias.is_none()));
     }
 
     #[test]

@@ -71,6 +71,12 @@ impl EncodedSpace {
         &self.pooled[i * self.dim..(i + 1) * self.dim]
     }
 
+    /// The text of an alias row (a [`crate::rank::Hit`]'s `alias`).
+    pub fn alias_text(&self, row: Option<usize>) -> Option<&str> {
+        let a = self.aliases.as_ref()?;
+        Some(a.rows.space.concepts.get(row?)?.label.as_str())
+    }
+
     /// Rows embedded for the space: concepts plus aliases.
     pub fn rows(&self) -> usize {
         self.len() + self.aliases.as_ref().map_or(0, |a| a.rows.len())
