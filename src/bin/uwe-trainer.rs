@@ -36,7 +36,7 @@ enum Cmd {
         base: PathBuf,
         /// What to train: `layers:N` (the top N transformer layers) or `head` (a residual
         /// projection head on the frozen last hidden states).
-        #[arg(long = "train", default_value = "layers:2", value_parser = parse_trained)]
+        #[arg(long = "train", default_value = "layers:3", value_parser = parse_trained)]
         trained: train::Trained,
         /// Folder with the base weights (model.safetensors, config.json), from scripts/setup.
         #[arg(long, default_value = ".uwe/base")]

@@ -164,7 +164,7 @@ pub struct TargetSection {
     #[serde(default)]
     pub min_score: f32,
     /// Also match each concept's alternative labels, each embedded on its own; a concept
-    /// scores `max(label, alias_weight × best alias)`. Pays off for job titles (+3.8 to
+    /// scores `max(label, alias_weight × best alias)`. Pays off for job titles (+3.7 to
     /// +4.6 MAP on the job-normalisation dev set); for skills it helped one dev set and cost
     /// the other.
     #[serde(default)]
