@@ -452,7 +452,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             v["model"] = enc.manifest().version.clone().into();
             v["space"] = space.into();
             if rt.match_aliases {
-                v["alias_weight"] = format!("{}", rt.alias_weight).into();
+                // Rounded: f32 0.9 would print as 0.8999999761581421.
+                v["alias_weight"] = ((rt.alias_weight as f64 * 1e4).round() / 1e4).into();
             }
             v["scorer"] = serde_json::to_value(s)?;
             println!("{v}");
