@@ -24,7 +24,8 @@ pub struct Hit {
     /// Score under the scorer used.
     pub score: f32,
     /// Row of the space's alias rows whose match earned the score, when an alias beat the
-    /// preferred label (named for the `k` best only; `None` in a whole-space ranking).
+    /// preferred label (`None` in a pooled whole-space ranking, `k = 0`, and for the pooled
+    /// tail of a reranked one).
     pub alias: Option<usize>,
 }
 
@@ -259,43 +260,40 @@ fn rank_with_pooled(
     k: usize,
     scorer: ScorerSpec,
 ) -> Vec<Hit> {
-    let mut hits = rank_scores(space, q, pooled, k, scorer);
-    if k > 0 && space.aliases.is_some() {
-        let mut scratch = Vec::new();
-        for h in &mut hits {
-            h.alias = concept_score(space, h.index, q, scorer, &mut scratch).1;
-        }
-    }
-    hits
-}
-
-fn rank_scores(
-    space: &EncodedSpace,
-    q: &TextEmbedding,
-    pooled: Vec<f32>,
-    k: usize,
-    scorer: ScorerSpec,
-) -> Vec<Hit> {
     let want = if k == 0 { space.len() } else { k };
+    let mut scratch = Vec::new();
     match scorer {
-        ScorerSpec::Pooled => top_k(&pooled, want),
+        ScorerSpec::Pooled => {
+            let mut hits = top_k(&pooled, want);
+            if k > 0 && space.aliases.is_some() {
+                // The pooled pass keeps each concept's best score only: name the alias behind
+                // it for the k hits kept.
+                for h in &mut hits {
+                    h.alias = concept_score(space, h.index, q, scorer, &mut scratch).1;
+                }
+            }
+            hits
+        }
         ScorerSpec::Late { rerank_top, .. } => {
-            let mut scratch = Vec::new();
-            let late =
-                |i: usize, scratch: &mut Vec<f32>| concept_score(space, i, q, scorer, scratch).0;
+            let late = |i: usize, scratch: &mut Vec<f32>| {
+                let (score, alias) = concept_score(space, i, q, scorer, scratch);
+                Hit {
+                    index: i,
+                    score,
+                    alias,
+                }
+            };
             if rerank_top == 0 || rerank_top >= space.len() {
-                let all: Vec<f32> = (0..space.len()).map(|i| late(i, &mut scratch)).collect();
-                return top_k(&all, want);
+                let all: Vec<Hit> = (0..space.len()).map(|i| late(i, &mut scratch)).collect();
+                let scores: Vec<f32> = all.iter().map(|h| h.score).collect();
+                return top_k(&scores, want)
+                    .into_iter()
+                    .map(|h| all[h.index])
+                    .collect();
             }
             let cands = top_k(&pooled, rerank_top.max(if k == 0 { 0 } else { k }));
-            let mut rescored: Vec<Hit> = cands
-                .iter()
-                .map(|h| Hit {
-                    index: h.index,
-                    score: late(h.index, &mut scratch),
-                    alias: None,
-                })
-                .collect();
+            let mut rescored: Vec<Hit> =
+                cands.iter().map(|h| late(h.index, &mut scratch)).collect();
             rescored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
             if k == 0 {
                 let mut seen = vec![false; space.len()];
@@ -392,29 +390,45 @@ mod tests {
             .map(|j| {
                 let mut v: Vec<f32> = (0..16).map(|d| ((j * 5 + d) % 7) as f32 - 3.0).collect();
                 crate::encoder::normalize(&mut v);
-                TextEmbedding {
-                    tokens: v.clone(),
-                    pooled: v,
-                    n_tokens: 1,
-                    n_windows: 1,
-                }
+                one_token(v)
             })
             .chain(std::iter::once(TextEmbedding::default()))
             .collect();
+        for many in assert_rank_many_matches_rank(&s, &qs) {
+            assert!(many.last().unwrap().is_empty(), "empty query, no labels");
+        }
+    }
+
+    /// A one-token query whose token and pooled vectors are `v`.
+    fn one_token(v: Vec<f32>) -> TextEmbedding {
+        TextEmbedding {
+            tokens: v.clone(),
+            pooled: v,
+            n_tokens: 1,
+            n_windows: 1,
+        }
+    }
+
+    /// Ranks `qs` with `rank_many` and one by one, under both scorers, checks they agree, and
+    /// returns `rank_many`'s rankings for each scorer.
+    fn assert_rank_many_matches_rank(s: &EncodedSpace, qs: &[TextEmbedding]) -> Vec<Vec<Vec<Hit>>> {
         let refs: Vec<&TextEmbedding> = qs.iter().collect();
-        for scorer in [
+        [
             ScorerSpec::Pooled,
             ScorerSpec::Late {
                 temperature: 0.1,
                 rerank_top: 20,
             },
-        ] {
-            let many = rank_many(&s, &refs, 10, scorer);
+        ]
+        .into_iter()
+        .map(|scorer| {
+            let many = rank_many(s, &refs, 10, scorer);
             for (q, m) in qs.iter().zip(&many) {
-                assert_eq!(&rank(&s, q, 10, scorer), m);
+                assert_eq!(&rank(s, q, 10, scorer), m, "{scorer:?}");
             }
-            assert!(many.last().unwrap().is_empty(), "empty query, no labels");
-        }
+            many
+        })
+        .collect()
     }
 
     fn with_aliases(mut s: EncodedSpace, per_concept: usize, weight: f32) -> EncodedSpace {
@@ -432,13 +446,7 @@ mod tests {
         let s = with_aliases(space(40, 16), 2, 0.9);
         let a = s.aliases.as_ref().unwrap();
         // The query is alias 7 verbatim: its owner, concept 3, scores 0.9 at least.
-        let v = a.rows.pooled_of(7).to_vec();
-        let q = TextEmbedding {
-            tokens: v.clone(),
-            pooled: v,
-            n_tokens: 1,
-            n_windows: 1,
-        };
+        let q = one_token(a.rows.pooled_of(7).to_vec());
         let scores = pooled_scores(&s, &q);
         for (i, &got) in scores.iter().enumerate() {
             let label = dot(s.pooled_of(i), &q.pooled);
@@ -476,29 +484,9 @@ mod tests {
     fn rank_many_equals_rank_one_by_one_with_aliases() {
         let s = with_aliases(space(100, 16), 3, 0.8);
         let qs: Vec<TextEmbedding> = (0..4)
-            .map(|j| {
-                let v = s.aliases.as_ref().unwrap().rows.pooled_of(j * 31).to_vec();
-                TextEmbedding {
-                    tokens: v.clone(),
-                    pooled: v,
-                    n_tokens: 1,
-                    n_windows: 1,
-                }
-            })
+            .map(|j| one_token(s.aliases.as_ref().unwrap().rows.pooled_of(j * 31).to_vec()))
             .collect();
-        let refs: Vec<&TextEmbedding> = qs.iter().collect();
-        for scorer in [
-            ScorerSpec::Pooled,
-            ScorerSpec::Late {
-                temperature: 0.1,
-                rerank_top: 20,
-            },
-        ] {
-            let many = rank_many(&s, &refs, 10, scorer);
-            for (q, m) in qs.iter().zip(&many) {
-                assert_eq!(&rank(&s, q, 10, scorer), m);
-            }
-        }
+        assert_rank_many_matches_rank(&s, &qs);
     }
 
     #[test]
