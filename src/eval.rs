@@ -257,6 +257,33 @@ pub fn convert_job_normalization(path: &Path) -> Result<Vec<Task>> {
     Ok(out)
 }
 
+/// The key a title is split by: lower case, runs of white space as one space, so that
+/// "Sales Executive" and "sales  executive" always fall on the same side.
+fn title_key(title: &str) -> String {
+    title
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// 64-bit FNV-1a: a hash that is the same on every platform and Rust release, so the split
+/// of a file never changes (std's `DefaultHasher` makes no such promise).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Splits labelled titles into a training share (about `train_percent` %) and the rest, kept
+/// for evaluation. The split goes by title, normalised ([`title_key`]), so no title is on
+/// both sides; it is deterministic, so the same file always splits the same way.
+pub fn split_by_title(tasks: Vec<Task>, train_percent: u64) -> (Vec<Task>, Vec<Task>) {
+    tasks
+        .into_iter()
+        .partition(|t| fnv1a(title_key(&t.query).as_bytes()) % 100 < train_percent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +304,52 @@ mod tests {
         // 12 relevant, 5 in the top 5: RP@5 = 5/5; 6 in the top 10: RP@10 = 6/10.
         let (_, rp5, rp10, _) = query_metrics(vec![0, 1, 2, 3, 4, 9, 20, 30, 40, 50, 60, 70], 12);
         assert_eq!((rp5, rp10), (1.0, 0.6));
+    }
+
+    fn task(q: &str, id: &str) -> Task {
+        Task {
+            query: q.into(),
+            relevant: vec![id.into()],
+        }
+    }
+
+    #[test]
+    fn split_by_title_keeps_each_title_on_one_side() {
+        let titles = [
+            "Sales Executive",
+            "sales  executive",
+            " SALES EXECUTIVE ",
+            "Barista",
+            "Welder (m/f/d)",
+            "Data engineer",
+            "Nurse",
+            "Chef de partie",
+        ];
+        let tasks: Vec<Task> = (0..400)
+            .map(|i| task(&format!("{} {}", titles[i % titles.len()], i / 8), "occ"))
+            .chain(titles.iter().map(|t| task(t, "occ")))
+            .collect();
+        let (train, dev) = split_by_title(tasks.clone(), 50);
+        assert_eq!(train.len() + dev.len(), tasks.len());
+        let keys =
+            |v: &[Task]| -> HashSet<String> { v.iter().map(|t| title_key(&t.query)).collect() };
+        assert!(keys(&train).is_disjoint(&keys(&dev)));
+        // The three spellings of "sales executive" land together.
+        let side = |q: &str| train.iter().any(|t| t.query == q);
+        assert_eq!(side("Sales Executive"), side("sales  executive"));
+        assert_eq!(side("Sales Executive"), side(" SALES EXECUTIVE "));
+        // About half on each side, and the same split every time.
+        assert!((150..=258).contains(&train.len()), "{}", train.len());
+        assert_eq!(split_by_title(tasks.clone(), 50), (train, dev));
+        assert!(split_by_title(tasks.clone(), 0).0.is_empty());
+        assert!(split_by_title(tasks, 100).1.is_empty());
+    }
+
+    #[test]
+    fn fnv1a_matches_its_reference_values() {
+        // Published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x85944171f73967e8);
     }
 }

@@ -19,6 +19,7 @@ fn tiny_run(what: Trained, lr: f64) {
         skill_descriptions: false,
         occupation_skills: 0,
         skillskape: Some(data_dir.join("training/skillskape/train.csv")),
+        job_titles: None,
         feedback: None,
     };
     let pairs = data::build_pairs(&data_dir, &spec).unwrap();
@@ -160,4 +161,65 @@ fn trained_weights_the_graph_does_not_read_are_refused() {
         "{e}"
     );
     assert!(!dir.path().join("cand").exists());
+}
+
+#[test]
+fn shipped_job_titles_are_the_training_half_of_the_split_and_share_no_dev_title() {
+    // The trainer learns from data/training/job_titles; job normalisation is scored on
+    // data/eval/job_normalization_dev.jsonl. Both must come from the one documented split
+    // of the raw JobBERT file, and no title (case and spacing aside) may be in both.
+    let data = root().join("data");
+    let raw = uwe_connect::eval::convert_job_normalization(
+        &data.join("eval/raw/job_normalization/jobbert_titles_dev.csv"),
+    )
+    .unwrap();
+    let (train_half, dev_half) = uwe_connect::eval::split_by_title(raw, 50);
+    let dev =
+        uwe_connect::eval::read_tasks(&data.join("eval/job_normalization_dev.jsonl")).unwrap();
+    assert_eq!(
+        dev, dev_half,
+        "the dev file is not the held-back half of the split"
+    );
+
+    let shipped: Vec<(String, String)> =
+        std::fs::read_to_string(data.join("training/job_titles/train.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["text"].as_str().unwrap().to_string(),
+                    v["label_id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+    // Every shipped pair is from the training half; only titles whose occupation is not in
+    // ESCO v1.1.1 are left out.
+    let expected: Vec<(String, String)> = train_half
+        .iter()
+        .map(|t| (t.query.clone(), t.relevant[0].clone()))
+        .collect();
+    assert!(shipped.len() <= expected.len() && expected.len() - shipped.len() < 10);
+    let mut rest = expected.iter();
+    assert!(
+        shipped.iter().all(|p| rest.any(|e| e == p)),
+        "the training file is not the training half, in order"
+    );
+    let key = |q: &str| {
+        q.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase()
+    };
+    let dev_keys: std::collections::HashSet<String> = dev.iter().map(|t| key(&t.query)).collect();
+    let leaked: Vec<&String> = shipped
+        .iter()
+        .map(|(q, _)| q)
+        .filter(|q| dev_keys.contains(&key(q)))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "dev titles in the training file: {leaked:?}"
+    );
+    assert!(dev.len() > 7000 && shipped.len() > 7000);
 }

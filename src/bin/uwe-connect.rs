@@ -258,7 +258,8 @@ enum Cmd {
     },
     /// Convert a public dev set into a task file.
     ///
-    /// Example: uwe-connect convert skill-extraction tech.csv house.csv --out skills.jsonl
+    /// Examples: uwe-connect convert skill-extraction tech.csv house.csv --out skills.jsonl
+    ///           uwe-connect convert job-normalization titles.csv --out dev.jsonl --train-out train.jsonl
     Convert {
         #[arg(value_enum)]
         kind: ConvertKind,
@@ -267,6 +268,14 @@ enum Cmd {
         inputs: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+        /// job-normalization: also split off a training share, by title, into this file as
+        /// labelled titles (`{"text", "label_id"}`, what `uwe-trainer` reads); `--out` then
+        /// gets only the titles held back from it.
+        #[arg(long)]
+        train_out: Option<PathBuf>,
+        /// Share of the titles that goes to `--train-out`, in percent.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=100))]
+        train_percent: u64,
         #[arg(long, env = "UWE_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
     },
@@ -324,6 +333,35 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Writes job-normalisation tasks as labelled titles for `uwe-trainer`, leaving out those
+/// whose occupation is not in the shipped ESCO version (a trainer could not embed them).
+fn write_labelled_titles(path: &Path, tasks: &[eval::Task], data_dir: &Path) -> anyhow::Result<()> {
+    let occs = TargetSpace::resolve("esco-occupations", data_dir)?;
+    let known: std::collections::HashSet<&str> =
+        occs.concepts.iter().map(|c| c.id.as_str()).collect();
+    let mut s = String::new();
+    let mut dropped = 0;
+    for t in tasks {
+        match t.relevant.first() {
+            Some(id) if known.contains(id.as_str()) => {
+                s.push_str(&serde_json::json!({"text": t.query, "label_id": id}).to_string());
+                s.push('\n');
+            }
+            _ => dropped += 1,
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "wrote {} labelled titles to {} ({dropped} with an occupation not in ESCO v1.1.1 left out)",
+        tasks.len() - dropped,
+        path.display()
+    );
+    Ok(())
 }
 
 async fn run_pipeline(cfg: PipelineConfig) -> anyhow::Result<()> {
@@ -587,8 +625,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kind,
             inputs,
             out,
+            train_out,
+            train_percent,
             data_dir,
         } => {
+            if train_out.is_some() && !matches!(kind, ConvertKind::JobNormalization) {
+                bail!("--train-out splits job-normalization titles only");
+            }
             let tasks = match kind {
                 ConvertKind::SkillExtraction => {
                     let skills = TargetSpace::resolve("esco-skills", &data_dir)?;
@@ -604,7 +647,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     if inputs.len() != 1 {
                         bail!("job-normalization takes one CSV file");
                     }
-                    eval::convert_job_normalization(&inputs[0])?
+                    let all = eval::convert_job_normalization(&inputs[0])?;
+                    match &train_out {
+                        Some(path) => {
+                            let (train, dev) = eval::split_by_title(all, train_percent);
+                            write_labelled_titles(path, &train, &data_dir)?;
+                            dev
+                        }
+                        None => all,
+                    }
                 }
             };
             let mut s = String::new();

@@ -69,7 +69,15 @@ enum Cmd {
         /// Analysts' feedback pairs, JSONL {"text", "label_id"}.
         #[arg(long)]
         feedback: Option<PathBuf>,
-        /// Sources to leave out: occupation_alias, occupation_title, skill_alias,
+        /// Labelled vacancy titles, JSONL {"text", "label_id"} (default: the training share
+        /// of the JobBERT titles in <data-dir>/training/job_titles/train.jsonl).
+        #[arg(long)]
+        job_titles: Option<PathBuf>,
+        /// How many times each pair of a source is drawn per epoch, `SOURCE=N`: real titles
+        /// are far fewer than the pairs derived from ESCO, and worth more.
+        #[arg(long, value_delimiter = ',', value_parser = parse_repeat, default_value = "job_title=3")]
+        repeat: Vec<(String, usize)>,
+        /// Sources to leave out: occupation_alias, occupation_title, job_title, skill_alias,
         /// skill_description, skillskape (`--skip ''` uses all). The default is the shipped
         /// model's recipe: skill aliases and descriptions cost job normalisation.
         #[arg(
@@ -122,6 +130,13 @@ fn parse_trained(s: &str) -> Result<train::Trained, String> {
         .ok_or_else(|| format!("expected `head` or `layers:N` (N ≥ 1), got {s:?}"))
 }
 
+fn parse_repeat(s: &str) -> Result<(String, usize), String> {
+    s.split_once('=')
+        .and_then(|(src, n)| Some((src.trim().to_string(), n.trim().parse().ok()?)))
+        .filter(|(src, n)| !src.is_empty() && *n >= 1)
+        .ok_or_else(|| format!("expected SOURCE=N with N ≥ 1 (for example job_title=3), got {s:?}"))
+}
+
 fn mean_map(s: &BTreeMap<String, uwe_connect::eval::Report>) -> f64 {
     s.values().map(|r| r.map).sum::<f64>() / s.len().max(1) as f64
 }
@@ -141,6 +156,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         temperature,
         nce_temperature,
         feedback,
+        job_titles,
+        repeat,
         skip,
         occupation_skills,
         max_pairs,
@@ -169,6 +186,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let (mut enc, trainable) =
         train::prepare(&base_dir, &base_files, trained, &ecfg, scratch.path())?;
 
+    if let Some(s) = skip
+        .iter()
+        .find(|s| !s.is_empty() && !data::SOURCES.contains(&s.as_str()))
+    {
+        anyhow::bail!("--skip {s}: not a source; use one of {:?}", data::SOURCES);
+    }
     let dspec = data::DataSpec {
         occupation_aliases: !skip.iter().any(|s| s == "occupation_alias"),
         occupation_titles: !skip.iter().any(|s| s == "occupation_title"),
@@ -177,6 +200,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         occupation_skills,
         skillskape: (!skip.iter().any(|s| s == "skillskape"))
             .then(|| data_dir.join("training/skillskape/train.csv")),
+        job_titles: (!skip.iter().any(|s| s == "job_title")).then(|| {
+            job_titles.unwrap_or_else(|| data_dir.join("training/job_titles/train.jsonl"))
+        }),
         feedback,
     };
     let mut pairs = data::build_pairs(&data_dir, &dspec)?;
@@ -189,13 +215,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .take(max_pairs)
             .collect();
     }
-    let (train_pairs, dev_pairs) = data::split_dev(pairs, 20);
+    let (mut train_pairs, dev_pairs) = data::split_dev(pairs, 20);
     let mut by_source: BTreeMap<&str, usize> = BTreeMap::new();
     for p in &train_pairs {
         *by_source.entry(p.source).or_default() += 1;
     }
+    // Repeat after the dev split, so that a repeated pair is never on both sides.
+    for (src, n) in &repeat {
+        if !data::SOURCES.contains(&src.as_str()) {
+            anyhow::bail!(
+                "--repeat {src}={n}: {src:?} is not a source; use one of {:?}",
+                data::SOURCES
+            );
+        }
+        let extra: Vec<data::Pair> = train_pairs
+            .iter()
+            .filter(|p| p.source == src)
+            .cloned()
+            .collect();
+        for _ in 1..*n {
+            train_pairs.extend(extra.iter().cloned());
+        }
+    }
     eprintln!(
-        "training pairs: {} ({by_source:?}), held out: {}",
+        "training pairs: {} ({by_source:?}); per epoch, with --repeat {repeat:?}: {}; held out: {}",
+        by_source.values().sum::<usize>(),
         train_pairs.len(),
         dev_pairs.len()
     );
@@ -248,7 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|(src, n)| format!("{src}: {n} pairs"))
         .collect();
     training_data.push(format!(
-        "held out: {} pairs; trained: {trained:?}; {} steps x {batch} pairs, AdamW lr {lr}, warm-up {warmup}, late tau {temperature}, InfoNCE tau {nce_temperature}",
+        "held out: {} pairs; repeated per epoch: {repeat:?}; trained: {trained:?}; {} steps x {batch} pairs, AdamW lr {lr}, warm-up {warmup}, late tau {temperature}, InfoNCE tau {nce_temperature}",
         dev_pairs.len(),
         report.steps
     ));

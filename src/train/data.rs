@@ -25,6 +25,19 @@ pub struct Pair {
     pub source: &'static str,
 }
 
+/// The names of the sources, as `Pair::source` and the trainer's `--skip` and `--repeat`
+/// spell them.
+pub const SOURCES: [&str; 8] = [
+    "occupation_alias",
+    "occupation_title",
+    "job_title",
+    "skill_alias",
+    "skill_description",
+    "occupation_skill",
+    "skillskape",
+    "feedback",
+];
+
 /// Which sources to use, and how much of each.
 #[derive(Debug, Clone)]
 pub struct DataSpec {
@@ -41,6 +54,9 @@ pub struct DataSpec {
     pub occupation_skills: usize,
     /// SkillSkape sentences (CSV `,sentence,skills`).
     pub skillskape: Option<std::path::PathBuf>,
+    /// Real vacancy titles labelled with their occupation, JSONL `{"text", "label_id"}`
+    /// (the training share of the JobBERT titles, `uwe-connect convert --train-out`).
+    pub job_titles: Option<std::path::PathBuf>,
     /// Feedback JSONL `{"text", "label_id"}`.
     pub feedback: Option<std::path::PathBuf>,
 }
@@ -229,40 +245,54 @@ pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
             }
         }
     }
-    if let Some(p) = &spec.feedback {
-        let by_id: HashMap<&str, &str> = skills
-            .concepts
-            .iter()
-            .chain(&occs.concepts)
-            .map(|c| (c.id.as_str(), c.label.as_str()))
-            .collect();
-        let f = std::fs::File::open(p).map_err(ModelError::io(p))?;
-        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-            let line = line.map_err(ModelError::io(p))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let fb: Feedback = serde_json::from_str(&line).map_err(|e| ModelError::BadLine {
-                path: p.clone(),
-                line: i + 1,
-                msg: format!("expected {{\"text\", \"label_id\"}}: {e}"),
-            })?;
-            let label = by_id
-                .get(fb.label_id.as_str())
-                .ok_or_else(|| ModelError::BadLine {
-                    path: p.clone(),
-                    line: i + 1,
-                    msg: format!("label_id {:?} is not an ESCO concept", fb.label_id),
-                })?;
-            out.push(Pair {
-                query: fb.text,
-                target: label.to_string(),
-                target_id: fb.label_id,
-                source: "feedback",
-            });
+    let by_id: HashMap<&str, &str> = skills
+        .concepts
+        .iter()
+        .chain(&occs.concepts)
+        .map(|c| (c.id.as_str(), c.label.as_str()))
+        .collect();
+    for (path, source) in [
+        (&spec.job_titles, "job_title"),
+        (&spec.feedback, "feedback"),
+    ] {
+        if let Some(p) = path {
+            out.extend(read_labelled(p, &by_id, source)?);
         }
     }
     out.retain(|p| !p.query.trim().is_empty());
+    Ok(out)
+}
+
+/// Reads labelled texts (JSONL `{"text", "label_id"}`) as pairs; an id that is not an ESCO
+/// concept is an error that names the line, since a silently dropped label would skew
+/// training.
+fn read_labelled(p: &Path, by_id: &HashMap<&str, &str>, source: &'static str) -> Result<Vec<Pair>> {
+    let f = std::fs::File::open(p).map_err(ModelError::io(p))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(ModelError::io(p))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fb: Feedback = serde_json::from_str(&line).map_err(|e| ModelError::BadLine {
+            path: p.to_path_buf(),
+            line: i + 1,
+            msg: format!("expected {{\"text\", \"label_id\"}}: {e}"),
+        })?;
+        let label = by_id
+            .get(fb.label_id.as_str())
+            .ok_or_else(|| ModelError::BadLine {
+                path: p.to_path_buf(),
+                line: i + 1,
+                msg: format!("label_id {:?} is not an ESCO concept", fb.label_id),
+            })?;
+        out.push(Pair {
+            query: fb.text,
+            target: label.to_string(),
+            target_id: fb.label_id,
+            source,
+        });
+    }
     Ok(out)
 }
 
@@ -279,6 +309,45 @@ pub fn split_dev(pairs: Vec<Pair>, per_mille: u64) -> (Vec<Pair>, Vec<Pair>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labelled_titles_become_pairs_and_an_unknown_id_names_its_line() {
+        let by_id: HashMap<&str, &str> = [("occ:1", "welder"), ("occ:2", "barista")].into();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("titles.jsonl");
+        std::fs::write(
+            &p,
+            "{\"text\":\"Welder (m/f/d)\",\"label_id\":\"occ:1\"}\n\n{\"text\":\"Barista\",\"label_id\":\"occ:2\"}\n",
+        )
+        .unwrap();
+        let pairs = read_labelled(&p, &by_id, "job_title").unwrap();
+        assert_eq!(pairs.len(), 2);
+        assert_eq!(
+            (
+                pairs[0].query.as_str(),
+                pairs[0].target.as_str(),
+                pairs[0].target_id.as_str()
+            ),
+            ("Welder (m/f/d)", "welder", "occ:1")
+        );
+        assert!(pairs.iter().all(|p| p.source == "job_title"));
+
+        std::fs::write(
+            &p,
+            "{\"text\":\"Welder\",\"label_id\":\"occ:1\"}\n{\"text\":\"Pilot\",\"label_id\":\"occ:9\"}\n",
+        )
+        .unwrap();
+        let err = read_labelled(&p, &by_id, "job_title")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":2") || err.contains("line 2"), "{err}");
+        assert!(err.contains("occ:9"), "{err}");
+        std::fs::write(&p, "{\"title\":\"Welder\"}\n").unwrap();
+        let err = read_labelled(&p, &by_id, "job_title")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("label_id"), "{err}");
+    }
 
     #[test]
     fn titles_keep_the_name_and_vary_the_dressing() {
