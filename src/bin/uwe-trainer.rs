@@ -50,7 +50,7 @@ enum Cmd {
         /// Required MAP gain on every dev task (points; negative tolerates a loss).
         #[arg(long, default_value_t = 0.0)]
         margin: f64,
-        /// Optimiser steps (default: 900 for layers, the shipped recipe; 2000 for the head).
+        /// Optimiser steps (default: 1150 for layers, the shipped recipe; 2000 for the head).
         #[arg(long)]
         steps: Option<usize>,
         #[arg(long, default_value_t = 64)]
@@ -172,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } = cli.cmd;
     let (steps, lr) = match trained {
         train::Trained::Head => (steps.unwrap_or(2000), lr.unwrap_or(2e-3)),
-        train::Trained::TopLayers(_) => (steps.unwrap_or(900), lr.unwrap_or(1e-4)),
+        train::Trained::TopLayers(_) => (steps.unwrap_or(1150), lr.unwrap_or(1e-4)),
     };
     let ecfg = EncoderConfig {
         device: Device::Cpu,
