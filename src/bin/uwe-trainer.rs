@@ -174,6 +174,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         train::Trained::Head => (steps.unwrap_or(2000), lr.unwrap_or(2e-3)),
         train::Trained::TopLayers(_) => (steps.unwrap_or(1150), lr.unwrap_or(1e-4)),
     };
+    // Source names are checked before the slow set-up, so that a typo fails at once.
+    if let Some(s) = skip
+        .iter()
+        .find(|s| !s.is_empty() && !data::SOURCES.contains(&s.as_str()))
+    {
+        anyhow::bail!("--skip {s}: not a source; use one of {:?}", data::SOURCES);
+    }
+    if let Some((src, n)) = repeat
+        .iter()
+        .find(|(src, _)| !data::SOURCES.contains(&src.as_str()))
+    {
+        anyhow::bail!(
+            "--repeat {src}={n}: {src:?} is not a source; use one of {:?}",
+            data::SOURCES
+        );
+    }
     let ecfg = EncoderConfig {
         device: Device::Cpu,
         intra_threads: threads,
@@ -186,12 +202,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let (mut enc, trainable) =
         train::prepare(&base_dir, &base_files, trained, &ecfg, scratch.path())?;
 
-    if let Some(s) = skip
-        .iter()
-        .find(|s| !s.is_empty() && !data::SOURCES.contains(&s.as_str()))
-    {
-        anyhow::bail!("--skip {s}: not a source; use one of {:?}", data::SOURCES);
-    }
     let dspec = data::DataSpec {
         occupation_aliases: !skip.iter().any(|s| s == "occupation_alias"),
         occupation_titles: !skip.iter().any(|s| s == "occupation_title"),
@@ -222,12 +232,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // Repeat after the dev split, so that a repeated pair is never on both sides.
     for (src, n) in &repeat {
-        if !data::SOURCES.contains(&src.as_str()) {
-            anyhow::bail!(
-                "--repeat {src}={n}: {src:?} is not a source; use one of {:?}",
-                data::SOURCES
-            );
-        }
         let extra: Vec<data::Pair> = train_pairs
             .iter()
             .filter(|p| p.source == src)
