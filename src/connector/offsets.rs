@@ -22,6 +22,8 @@ pub struct OffsetTracker {
 struct State {
     queues: HashMap<Tp, VecDeque<(i64, bool)>>,
     epochs: HashMap<Tp, u64>,
+    /// The offset last handed out to commit, per partition still owned.
+    stored: HashMap<Tp, i64>,
 }
 
 impl OffsetTracker {
@@ -40,6 +42,7 @@ impl OffsetTracker {
     pub fn revoke(&self, tp: &Tp) {
         let mut st = self.inner.lock().expect("offset lock");
         st.queues.remove(tp);
+        st.stored.remove(tp);
         *st.epochs.entry(tp.clone()).or_default() += 1;
     }
 
@@ -72,7 +75,19 @@ impl OffsetTracker {
             commit = Some(o + 1);
             q.pop_front();
         }
+        if let Some(c) = commit {
+            st.stored.insert(tp.clone(), c);
+        }
         commit
+    }
+
+    /// The offsets to commit (the next one to read) of every partition still owned that has
+    /// had an acknowledgement: what the group's committed offsets must reach at shutdown.
+    pub fn stored(&self) -> Vec<(Tp, i64)> {
+        let st = self.inner.lock().expect("offset lock");
+        let mut v: Vec<(Tp, i64)> = st.stored.iter().map(|(k, o)| (k.clone(), *o)).collect();
+        v.sort();
+        v
     }
 
     /// Offsets in flight, all partitions.
@@ -104,6 +119,16 @@ mod tests {
         assert_eq!(t.in_flight(), 1);
         assert_eq!(t.ack(&tp, 13, 0), Some(14));
         assert_eq!(t.ack(&("other".to_string(), 1), 5, 0), None);
+        assert_eq!(
+            t.stored(),
+            vec![(tp.clone(), 14)],
+            "what shutdown must see committed"
+        );
+        t.revoke(&tp);
+        assert!(
+            t.stored().is_empty(),
+            "a revoked partition is its new owner's to commit"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::batcher::Batcher;
@@ -253,6 +253,9 @@ pub async fn run(
                 break;
             }
         }
+        if committed {
+            committed = verify_commits(&shared).await;
+        }
         if !committed && fatal_tx.borrow().is_none() {
             let _ = fatal_tx.send(Some(
                 "the final offset commit failed; uncommitted events will be re-delivered on restart".into(),
@@ -274,6 +277,52 @@ pub async fn run(
     }
     tracing::info!(pipeline = %name, events_in = summary.events_in, "stopped cleanly");
     Ok(summary)
+}
+
+/// Reads the group's committed offsets back and commits again, explicitly, any that stayed
+/// below what was stored. Auto-commits are sent in the background: one sent before the final
+/// commit can be applied after it by a broker that handles requests concurrently, and move a
+/// committed offset back (seen against tansu), which would re-deliver events on restart.
+async fn verify_commits(shared: &Arc<Shared>) -> bool {
+    for attempt in 0..10 {
+        let s = shared.clone();
+        let behind = blocking(move || {
+            let want = s.tracker.stored();
+            let mut tpl = TopicPartitionList::new();
+            for ((t, p), _) in &want {
+                tpl.add_partition(t, *p);
+            }
+            if want.is_empty() {
+                return Ok(0);
+            }
+            let got = s.consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+            let mut fix = TopicPartitionList::new();
+            for ((t, p), o) in &want {
+                let c = got
+                    .find_partition(t, *p)
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(-1);
+                if c < *o {
+                    fix.add_partition_offset(t, *p, Offset::Offset(*o))?;
+                }
+            }
+            if fix.count() > 0 {
+                tracing::warn!(partitions = fix.count(), "committed offsets behind the stored ones after the final commit; committing them again");
+                s.consumer.commit(&fix, CommitMode::Sync)?;
+            }
+            Ok(fix.count())
+        })
+        .await;
+        match behind {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "reading back the committed offsets failed, retrying")
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
 
 async fn blocking<T: Send + 'static>(
