@@ -91,5 +91,31 @@ impl ModelError {
     }
 }
 
+/// Reads a JSONL file: each non-blank line parsed as `T`, with its 1-based line number. A line
+/// that cannot be read or parsed is a `BadLine` naming the file, the line and `shape` (what
+/// a line should look like).
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    shape: &str,
+) -> Result<Vec<(usize, T)>> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path).map_err(ModelError::io(path))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let bad = |msg: String| ModelError::BadLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            msg,
+        };
+        let line = line.map_err(|e| bad(format!("unreadable line: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v = serde_json::from_str(&line).map_err(|e| bad(format!("expected {shape}: {e}")))?;
+        out.push((i + 1, v));
+    }
+    Ok(out)
+}
+
 /// Shorthand result for the model runtime.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

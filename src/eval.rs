@@ -5,7 +5,6 @@
 //! space are dropped; a query left with none is skipped and counted.
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -50,22 +49,12 @@ pub struct Report {
 
 /// Reads a task file, naming the file and line of any bad line.
 pub fn read_tasks(path: &Path) -> Result<Vec<Task>> {
-    let f = std::fs::File::open(path).map_err(ModelError::io(path))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(ModelError::io(path))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push(
-            serde_json::from_str(&line).map_err(|e| ModelError::BadLine {
-                path: path.to_path_buf(),
-                line: i + 1,
-                msg: format!("expected {{\"query\": \"...\", \"relevant\": [...]}}: {e}"),
-            })?,
-        );
-    }
-    Ok(out)
+    Ok(
+        crate::error::read_jsonl(path, "{\"query\": \"...\", \"relevant\": [...]}")?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect(),
+    )
 }
 
 /// Per-query metrics from the 0-based ranks of its relevant concepts in the full ranking.

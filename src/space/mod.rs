@@ -4,7 +4,7 @@
 
 pub mod cache;
 
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -208,24 +208,18 @@ fn load_esco(data_dir: &Path, member: &str, name: &str) -> Result<TargetSpace> {
 
 /// Loads a custom space: one JSON object per line, `{"id", "label", "aliases"?, "description"?}`.
 pub fn load_jsonl(path: &Path) -> Result<TargetSpace> {
-    let f = std::fs::File::open(path).map_err(ModelError::io(path))?;
     let mut concepts = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+    let lines = crate::error::read_jsonl::<Concept>(
+        path,
+        "{\"id\", \"label\", \"aliases\"?, \"description\"?}",
+    )?;
+    for (line, c) in lines {
         let bad = |msg: String| ModelError::BadLine {
             path: path.to_path_buf(),
-            line: i + 1,
+            line,
             msg,
         };
-        let line = line.map_err(|e| bad(format!("unreadable line: {e}")))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let c: Concept = serde_json::from_str(&line).map_err(|e| {
-            bad(format!(
-                "expected {{\"id\", \"label\", \"aliases\"?, \"description\"?}}: {e}"
-            ))
-        })?;
         if c.id.trim().is_empty() || c.label.trim().is_empty() {
             return Err(bad("id and label must not be empty".into()));
         }

@@ -3,7 +3,7 @@
 //! skills, and analysts' feedback pairs.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -267,33 +267,24 @@ pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
 /// concept is an error that names the line, since a silently dropped label would skew
 /// training.
 fn read_labelled(p: &Path, by_id: &HashMap<&str, &str>, source: &'static str) -> Result<Vec<Pair>> {
-    let f = std::fs::File::open(p).map_err(ModelError::io(p))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(ModelError::io(p))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let fb: Feedback = serde_json::from_str(&line).map_err(|e| ModelError::BadLine {
-            path: p.to_path_buf(),
-            line: i + 1,
-            msg: format!("expected {{\"text\", \"label_id\"}}: {e}"),
-        })?;
-        let label = by_id
-            .get(fb.label_id.as_str())
-            .ok_or_else(|| ModelError::BadLine {
-                path: p.to_path_buf(),
-                line: i + 1,
-                msg: format!("label_id {:?} is not an ESCO concept", fb.label_id),
-            })?;
-        out.push(Pair {
-            query: fb.text,
-            target: label.to_string(),
-            target_id: fb.label_id,
-            source,
-        });
-    }
-    Ok(out)
+    crate::error::read_jsonl::<Feedback>(p, "{\"text\", \"label_id\"}")?
+        .into_iter()
+        .map(|(line, fb)| {
+            let label = by_id
+                .get(fb.label_id.as_str())
+                .ok_or_else(|| ModelError::BadLine {
+                    path: p.to_path_buf(),
+                    line,
+                    msg: format!("label_id {:?} is not an ESCO concept", fb.label_id),
+                })?;
+            Ok(Pair {
+                query: fb.text,
+                target: label.to_string(),
+                target_id: fb.label_id,
+                source,
+            })
+        })
+        .collect()
 }
 
 /// Splits off a deterministic dev share (by query text), so that no query text is in both.
