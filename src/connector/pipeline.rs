@@ -288,12 +288,12 @@ async fn verify_commits(shared: &Arc<Shared>) -> bool {
         let s = shared.clone();
         let behind = blocking(move || {
             let want = s.tracker.stored();
+            if want.is_empty() {
+                return Ok(0);
+            }
             let mut tpl = TopicPartitionList::new();
             for ((t, p), _) in &want {
                 tpl.add_partition(t, *p);
-            }
-            if want.is_empty() {
-                return Ok(0);
             }
             let got = s.consumer.committed_offsets(tpl, Duration::from_secs(10))?;
             let mut fix = TopicPartitionList::new();
