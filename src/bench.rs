@@ -240,6 +240,17 @@ pub struct PipelineBench {
     pub data_dir: std::path::PathBuf,
     /// `batching.max_batch_tokens` of the connector.
     pub max_batch_tokens: usize,
+    /// Modes of the skills target, measured one after the other in this run (each on its
+    /// own topics), so their ratio is not skewed by a noisy machine.
+    pub skill_modes: Vec<crate::connector::config::Mode>,
+}
+
+/// What one connector run measured.
+struct ConnectorRun {
+    rps: f64,
+    tps: f64,
+    n_texts: usize,
+    latencies: Vec<f64>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -249,21 +260,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Feeds real vacancy events through the broker and the connector, then encodes the same
-/// texts with a bare encoder, and prints both throughputs.
+/// Feeds real vacancy events through the broker and the connector (once per skills mode),
+/// then encodes the same texts with a bare encoder, and prints the throughputs.
 pub async fn run_pipeline_bench(o: PipelineBench) -> anyhow::Result<()> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    use rdkafka::Message;
-
-    use crate::connector::{config::PipelineConfig, enrich, event::Event};
-
-    let tag = std::process::id();
-    let (input, output, dlq) = (
-        format!("bench-in-{tag}"),
-        format!("bench-out-{tag}"),
-        format!("bench-dlq-{tag}"),
-    );
+    use crate::connector::config::Mode;
     let posts = std::fs::read_to_string(o.data_dir.join("events/skillspan_postings_train.jsonl"))?;
     let posts: Vec<serde_json::Value> = posts
         .lines()
@@ -275,6 +275,67 @@ pub async fn run_pipeline_bench(o: PipelineBench) -> anyhow::Result<()> {
             serde_json::json!({"id": format!("b-{i}"), "title": text.lines().next().unwrap_or("job"), "description": text})
         })
         .collect();
+    let modes = if o.skill_modes.is_empty() {
+        vec![Mode::Sentences]
+    } else {
+        o.skill_modes.clone()
+    };
+    let mut runs = Vec::new();
+    for &mode in &modes {
+        let r = run_connector(&o, &events, mode).await?;
+        let mut lat = r.latencies.clone();
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "connector (skills mode {mode:?}): {} events, {} texts: {:.1} records/s, {:.0} texts/s (after the first batch) | end-to-end latency p50 {:.2} s, p95 {:.2} s, p99 {:.2} s (events were all queued before start)",
+            o.events,
+            r.n_texts,
+            r.rps,
+            r.tps,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.95),
+            percentile(&lat, 0.99)
+        );
+        runs.push((mode, r));
+    }
+    if let [(m0, a), (m1, b), ..] = &runs[..] {
+        println!(
+            "records/s {m1:?} / {m0:?}: {:.3} (same run, same events)",
+            b.rps / a.rps
+        );
+    }
+
+    // The same texts as the first run through a bare encoder (no broker, no ranking).
+    let (first_mode, first) = &runs[0];
+    let cfg = bench_config(&o, "bare", *first_mode)?;
+    let plans = plans_of(&cfg, &events)?;
+    let dir = ModelDir::open(&o.model)?;
+    let mut ecfg = o.encoder.clone();
+    ecfg.cache_bytes = 0;
+    let mut enc = Encoder::load(&dir, &ecfg)?;
+    let texts: Vec<&str> = plans
+        .iter()
+        .flat_map(|p| p.texts.iter().map(|s| s.as_str()))
+        .collect();
+    enc.encode(&texts[..texts.len().min(64)])?;
+    let t0 = Instant::now();
+    for chunk in texts.chunks(512) {
+        enc.encode(chunk)?;
+    }
+    let bare_tps = texts.len() as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "bare encoder, same texts: {bare_tps:.0} texts/s | connector ({first_mode:?}) / bare encoder: {:.3}",
+        first.tps / bare_tps
+    );
+    Ok(())
+}
+
+/// The benchmark's pipeline: the shipped vacancy targets, skills in `mode`.
+fn bench_config(
+    o: &PipelineBench,
+    tag: &str,
+    mode: crate::connector::config::Mode,
+) -> anyhow::Result<crate::connector::config::PipelineConfig> {
+    let mode = serde_json::to_value(mode)?;
     let toml = format!(
         r#"
 [pipeline]
@@ -283,9 +344,9 @@ event_type = "vacancy"
 [kafka]
 brokers = "{b}"
 group_id = "bench-{tag}"
-input_topics = ["{input}"]
-output_topic = "{output}"
-dead_letter_topic = "{dlq}"
+input_topics = ["bench-in-{tag}"]
+output_topic = "bench-out-{tag}"
+dead_letter_topic = "bench-dlq-{tag}"
 [kafka.consumer_options]
 "session.timeout.ms" = "6000"
 [[targets]]
@@ -298,7 +359,7 @@ k = 5
 name = "skills"
 space = "esco-skills"
 fields = ["description"]
-mode = "sentences"
+mode = {mode}
 k = 20
 min_score = 0.45
 [batching]
@@ -309,12 +370,21 @@ listen = ""
         b = o.brokers,
         bt = o.max_batch_tokens
     );
-    let mut cfg = PipelineConfig::parse(&toml, &[]).map_err(|e| anyhow::anyhow!(e))?;
+    let mut cfg = crate::connector::config::PipelineConfig::parse(&toml, &[])
+        .map_err(|e| anyhow::anyhow!(e))?;
     cfg.encoder = o.encoder.clone();
     cfg.encoder.cache_bytes = 0;
     cfg.model.dir = o.model.clone();
     cfg.model.data_dir = o.data_dir.clone();
-    let plans: Vec<enrich::Plan> = events
+    Ok(cfg)
+}
+
+fn plans_of(
+    cfg: &crate::connector::config::PipelineConfig,
+    events: &[serde_json::Value],
+) -> anyhow::Result<Vec<crate::connector::enrich::Plan>> {
+    use crate::connector::{enrich, event::Event};
+    events
         .iter()
         .map(|e| {
             Ok(enrich::plan(
@@ -322,9 +392,32 @@ listen = ""
                 &cfg.targets,
             ))
         })
-        .collect::<Result<_, serde_json::Error>>()?;
-    let n_texts: usize = plans.iter().map(|p| p.texts.len()).sum();
+        .collect()
+}
 
+/// Runs the connector over `events` on fresh topics; measures records/s and latency.
+async fn run_connector(
+    o: &PipelineBench,
+    events: &[serde_json::Value],
+    mode: crate::connector::config::Mode,
+) -> anyhow::Result<ConnectorRun> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::Message;
+
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        serde_json::to_value(mode)?.as_str().unwrap_or("mode")
+    );
+    let cfg = bench_config(o, &tag, mode)?;
+    let (input, output, dlq) = (
+        cfg.kafka.input_topics[0].clone(),
+        cfg.kafka.output_topic.clone(),
+        cfg.kafka.dead_letter_topic.clone(),
+    );
+    let plans = plans_of(&cfg, events)?;
+    let n_texts: usize = plans.iter().map(|p| p.texts.len()).sum();
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &o.brokers)
@@ -402,35 +495,12 @@ listen = ""
         .as_secs_f64();
     let rps = (o.events - first_burst) as f64 / span;
     let tps = rps * n_texts as f64 / o.events as f64;
-
-    // The same texts through a bare encoder (no broker, no ranking).
-    let dir = ModelDir::open(&o.model)?;
-    let mut ecfg = o.encoder.clone();
-    ecfg.cache_bytes = 0;
-    let mut enc = Encoder::load(&dir, &ecfg)?;
-    let texts: Vec<&str> = plans
-        .iter()
-        .flat_map(|p| p.texts.iter().map(|s| s.as_str()))
-        .collect();
-    enc.encode(&texts[..texts.len().min(64)])?;
-    let t0 = Instant::now();
-    for chunk in texts.chunks(512) {
-        enc.encode(chunk)?;
-    }
-    let bare_tps = texts.len() as f64 / t0.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    println!(
-        "connector: {} events, {n_texts} texts: {rps:.1} records/s, {tps:.0} texts/s (after the first batch) | end-to-end latency p50 {:.2} s, p95 {:.2} s, p99 {:.2} s (events were all queued before start)",
-        o.events,
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.95),
-        percentile(&latencies, 0.99)
-    );
-    println!(
-        "bare encoder, same texts: {bare_tps:.0} texts/s | connector / bare encoder: {:.3}",
-        tps / bare_tps
-    );
-    Ok(())
+    Ok(ConnectorRun {
+        rps,
+        tps,
+        n_texts,
+        latencies,
+    })
 }
 
 /// Times what a hot swap does between seeing a new model and serving it

@@ -11,9 +11,11 @@
 //! - [`encoder`]: the blocking encoder (token-budget batches, long-text windows, query
 //!   cache) and the service that runs it on its own thread.
 //! - [`space`]: target spaces and the disk cache of their embeddings.
+//! - [`mentions`]: the skill-mention tagger over token embeddings, its training and span scores.
 //! - [`rank`]: pooled and soft late-interaction scoring.
 //! - [`connector`]: the Kafka pipeline (config, codec, batcher, enrichment, sink, topology).
-//! - [`eval`]: MAP / RP@k / MRR on task files, dev-set converters.
+//! - [`eval`]: MAP / RP@k / MRR on task files, dev-set converters, and the whole-posting
+//!   evaluation (noise share, span P/R/F1, label P/R).
 //! - [`text`]: sentence spans.
 //! - [`train`]: the trainer sidecar (training pairs, top BERT layers or a projection head on candle, eval gate).
 //! - [`telemetry`]: every metric name, in one place.
@@ -27,6 +29,7 @@ pub mod demo;
 pub mod encoder;
 pub mod error;
 pub mod eval;
+pub mod mentions;
 pub mod model;
 pub mod rank;
 pub mod space;

@@ -11,6 +11,8 @@ pub const ENCODE_BATCH_TOKENS: &str = "uwe_encode_batch_tokens";
 pub const ENCODE_SECONDS: &str = "uwe_encode_seconds";
 /// Query-embedding cache lookups, by `result` (hit, miss).
 pub const QUERY_CACHE_TOTAL: &str = "uwe_query_cache_lookups_total";
+/// Skill and knowledge mentions ranked (`mentions` mode targets), summed over events.
+pub const MENTIONS_TOTAL: &str = "uwe_mentions_total";
 
 /// Structured logs to stderr, filtered by `UWE_LOG` (default `info`); both binaries call it.
 pub fn init_logs() {
@@ -33,6 +35,12 @@ pub fn describe() {
         "Time per encoder batch"
     );
     metrics::describe_counter!(QUERY_CACHE_TOTAL, "Query-embedding cache lookups by result");
+    metrics::describe_counter!(MENTIONS_TOTAL, "Skill and knowledge mentions ranked");
+}
+
+/// Records the mentions one event's target ranks.
+pub fn mentions_found(n: usize) {
+    metrics::counter!(MENTIONS_TOTAL).increment(n as u64);
 }
 
 /// Records one encoder batch.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use uwe_connect::connector::config::Mode;
 use uwe_connect::connector::{http, PipelineConfig};
 use uwe_connect::encoder::{Device, Encoder, EncoderConfig};
 use uwe_connect::model::{self, BuildSpec, ModelDir, ScorerSpec, TargetText};
@@ -184,13 +185,45 @@ enum Cmd {
     /// Score a model on a task file: prints one JSON line with n, MAP, RP@5, RP@10, MRR.
     ///
     /// Example: uwe-connect eval --space esco-occupations --tasks data/eval/job_normalization_dev.jsonl
+    ///
+    /// With --postings, runs a pipeline's skill target over whole annotated postings instead
+    /// and prints labels per posting, noise share, span P/R/F1 and label P/R:
+    ///   uwe-connect eval --postings data/skillspan/postings_dev.jsonl --config connectors/vacancies.toml
     Eval {
         /// esco-skills, esco-occupations, or a JSONL space file.
-        #[arg(long)]
-        space: String,
+        #[arg(long, required_unless_present = "postings")]
+        space: Option<String>,
         /// Task file: {"query": "...", "relevant": ["id", ...]} per line.
+        #[arg(long, required_unless_present = "postings")]
+        tasks: Option<PathBuf>,
+        /// Annotated postings (JSONL {text, skill_spans, knowledge_spans, esco_labels?}).
+        #[arg(long, requires = "config", conflicts_with_all = ["space", "tasks"])]
+        postings: Option<PathBuf>,
+        /// Pipeline file whose model and skill target the postings run through.
         #[arg(long)]
-        tasks: PathBuf,
+        config: Option<PathBuf>,
+        /// Target to evaluate (default: the first one ranking `description`).
+        #[arg(long)]
+        target: Option<String>,
+        /// Override the target's mode: `sentences` or `mentions` (before/after on one config).
+        #[arg(long)]
+        mode: Option<String>,
+        /// Keep only the postings the tagger's training held out (to calibrate thresholds on
+        /// `postings_train.jsonl` without touching the dev postings).
+        #[arg(long, requires = "postings")]
+        tagger_holdout: bool,
+        /// Override the tagger's inside threshold (calibration sweeps).
+        #[arg(long, requires = "postings")]
+        mention_threshold: Option<f32>,
+        /// Override the tagger's inside threshold of knowledge mentions (calibration sweeps).
+        #[arg(long, requires = "postings")]
+        knowledge_threshold: Option<f32>,
+        /// Override the tagger's label threshold (calibration sweeps).
+        #[arg(long, requires = "postings")]
+        label_threshold: Option<f32>,
+        /// Print every label to stderr, marked `span` or `NOISE`, with its evidence.
+        #[arg(long, requires = "postings")]
+        explain: bool,
         #[command(flatten)]
         scorer: ScorerArgs,
         #[command(flatten)]
@@ -299,6 +332,9 @@ enum Cmd {
         /// The connector's batching.max_batch_tokens (pipeline).
         #[arg(long, default_value_t = 16384)]
         max_batch_tokens: usize,
+        /// Modes of the skills target to measure one after the other (pipeline).
+        #[arg(long, value_delimiter = ',', default_value = "sentences,mentions")]
+        skill_modes: Vec<String>,
         /// Pipeline file whose target spaces a swap embeds (swap).
         #[arg(long, default_value = "connectors/vacancies.toml")]
         pipeline: PathBuf,
@@ -476,11 +512,56 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Eval {
+            postings: Some(postings),
+            config,
+            target,
+            mode,
+            tagger_holdout,
+            mention_threshold,
+            knowledge_threshold,
+            label_threshold,
+            explain,
+            ..
+        } => {
+            let config = config.expect("clap requires --config with --postings");
+            let cfg = PipelineConfig::load(&config)?;
+            let mode = match mode.as_deref() {
+                None => None,
+                Some("sentences") => Some(Mode::Sentences),
+                Some("mentions") => Some(Mode::Mentions),
+                Some(m) => bail!("--mode {m}: expected `sentences` or `mentions`"),
+            };
+            let dir = uwe_connect::connector::swap::initial_model_dir(&cfg);
+            let (mut enc, mut serving) =
+                uwe_connect::connector::swap::load_serving(&dir, &cfg, true)?;
+            if let Some(head) = serving.mentions.as_mut() {
+                let head = std::sync::Arc::make_mut(head);
+                head.threshold = mention_threshold.unwrap_or(head.threshold);
+                head.knowledge_threshold = knowledge_threshold
+                    .or(mention_threshold)
+                    .unwrap_or(head.knowledge_threshold);
+                head.label_threshold = label_threshold.unwrap_or(head.label_threshold);
+            }
+            let t = eval::postings::pick_target(&serving, target.as_deref())?;
+            let mut ps = eval::postings::read_postings(&postings)?;
+            if tagger_holdout {
+                ps.retain(|p| uwe_connect::mentions::train::is_holdout_posting(&p.source, p.idx));
+                eprintln!("{} postings held out by the tagger's training", ps.len());
+            }
+            let r = eval::postings::evaluate(&mut enc, &serving, t, mode, &ps, explain)?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Cmd::Eval {
             space,
             tasks,
             scorer,
             rt,
+            ..
         } => {
+            let (space, tasks) = (
+                space.expect("clap requires --space"),
+                tasks.expect("clap requires --tasks"),
+            );
             let mut enc = rt.load_encoder()?;
             let s = scorer.resolve(enc.manifest());
             let sp = rt.load_space(&space, &mut enc)?;
@@ -582,6 +663,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 target_text: TargetText::Label,
                 training_data: vec![],
                 dev_scores: Default::default(),
+                mentions: None,
             };
             let recorded = match &manifest_from {
                 Some(p) => {
@@ -598,6 +680,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     spec.target_text = m.target_text;
                     spec.training_data = m.training_data.clone();
                     spec.dev_scores = m.dev_scores.clone();
+                    // The shipped mention tagger lies beside the manifest, checked by sha256.
+                    if let Some(ms) = &m.mentions {
+                        let dir = p.parent().unwrap_or(Path::new("."));
+                        let f = dir.join(&ms.file);
+                        let bytes = std::fs::read(&f)
+                            .with_context(|| format!("reading {}", f.display()))?;
+                        if m.files.get(&ms.file) != Some(&model::sha256_bytes(&bytes)) {
+                            bail!(
+                                "{} does not have the sha256 {} records; restore it from git or retrain it with `uwe-trainer mentions`",
+                                f.display(),
+                                p.display()
+                            );
+                        }
+                        spec.mentions = Some((ms.clone(), bytes));
+                    }
                     Some(m)
                 }
                 None => None,
@@ -694,10 +791,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             events,
             brokers,
             max_batch_tokens,
+            skill_modes,
             rt,
             ..
         } => {
+            let skill_modes = skill_modes
+                .iter()
+                .map(|m| match m.as_str() {
+                    "whole" => Ok(Mode::Whole),
+                    "sentences" => Ok(Mode::Sentences),
+                    "mentions" => Ok(Mode::Mentions),
+                    m => Err(anyhow::anyhow!(
+                        "--skill-modes {m}: expected whole, sentences or mentions"
+                    )),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let o = uwe_connect::bench::PipelineBench {
+                skill_modes,
                 brokers,
                 events,
                 encoder: rt.encoder_config(),

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use uwe_connect::encoder::{Device, EncoderConfig};
+use uwe_connect::mentions::train as mtrain;
 use uwe_connect::model::{self, ModelDir, ScorerSpec};
 use uwe_connect::space::cache;
 use uwe_connect::train::{self, data, head::Objective, TrainSpec};
@@ -23,6 +24,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start-up: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Train a candidate, evaluate it against the current model, publish it if it is at least as good.
@@ -112,6 +115,44 @@ enum Cmd {
         #[arg(long, env = "UWE_THREADS", default_value_t = 0)]
         threads: usize,
     },
+    /// Train the skill-mention tagger on a model's token embeddings (SkillSpan BIO tags),
+    /// measure it on the dev sentences and attach it to the model directory (and to any
+    /// further directory holding a manifest of the same model, such as `trained/<name>`).
+    ///
+    /// Example: uwe-trainer mentions --model models/uwe-minilm-l6 --also trained/uwe-minilm-l6
+    Mentions {
+        /// Model directory whose token embeddings the tagger reads; it gets the tagger.
+        #[arg(long, default_value = "models/default")]
+        model: PathBuf,
+        /// Also attach the tagger to these directories (their manifest must name the same graph).
+        #[arg(long)]
+        also: Vec<PathBuf>,
+        /// Tagged training sentences (SkillSpan JSONL).
+        #[arg(long, default_value = "data/skillspan/sentences_train.jsonl")]
+        train: PathBuf,
+        /// Tagged dev sentences: measured only, never trained or tuned on.
+        #[arg(long, default_value = "data/skillspan/sentences_dev.jsonl")]
+        dev: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        hidden: usize,
+        #[arg(long, default_value_t = 8)]
+        epochs: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Also give every token its sentence's pooled embedding (measured: no better on
+        /// whole postings than the token window alone; see the model card).
+        #[arg(long)]
+        sentence_context: bool,
+        /// Lowest score of a mention's top label that is kept (see `uwe-connect eval --postings`).
+        #[arg(long, default_value_t = 0.5)]
+        label_threshold: f32,
+        #[arg(long, env = "UWE_THREADS", default_value_t = 0)]
+        threads: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -142,6 +183,47 @@ fn mean_map(s: &BTreeMap<String, uwe_connect::eval::Report>) -> f64 {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::Mentions {
+        model,
+        also,
+        train,
+        dev,
+        hidden,
+        epochs,
+        lr,
+        batch,
+        seed,
+        sentence_context,
+        label_threshold,
+        threads,
+    } = cli.cmd
+    {
+        let ecfg = EncoderConfig {
+            device: Device::Cpu,
+            intra_threads: threads,
+            cache_bytes: 0,
+            ..Default::default()
+        };
+        let opts = mtrain::TrainOptions {
+            hidden,
+            epochs,
+            lr,
+            batch,
+            seed,
+            sentence_context,
+        };
+        let report = mtrain::train_and_attach(
+            &model,
+            &also,
+            &train,
+            &dev,
+            &opts,
+            mtrain::Thresholds::Fresh { label_threshold },
+            &ecfg,
+        )?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let Cmd::Train {
         base,
         trained,
@@ -169,7 +251,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         control_topic,
         data_dir,
         threads,
-    } = cli.cmd;
+    } = cli.cmd
+    else {
+        unreachable!("mentions returned above");
+    };
     let (steps, lr) = match trained {
         train::Trained::Head => (steps.unwrap_or(2000), lr.unwrap_or(2e-3)),
         train::Trained::TopLayers(_) => (steps.unwrap_or(1150), lr.unwrap_or(1e-4)),
@@ -327,6 +412,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     });
     let cur_dir =
         ModelDir::open(&current).with_context(|| format!("current model {}", current.display()))?;
+    // A tagger reads the token embeddings the new layers changed: a current model with one
+    // gets a candidate with its own, retrained on the candidate's embeddings (about a minute),
+    // so that connectors ranking mentions can swap to it.
+    let cand = match &cur_dir.manifest.mentions {
+        Some(spec) => {
+            let opts = mtrain::TrainOptions {
+                hidden: spec.hidden,
+                sentence_context: spec.sentence_context,
+                ..Default::default()
+            };
+            let sk = data_dir.join("skillspan");
+            mtrain::train_and_attach(
+                &cand.path,
+                &[],
+                &sk.join("sentences_train.jsonl"),
+                &sk.join("sentences_dev.jsonl"),
+                &opts,
+                mtrain::Thresholds::Keep(spec),
+                &ecfg,
+            )
+            .context("retraining the mention tagger on the candidate")?;
+            ModelDir::open(&cand.path)?
+        }
+        None => cand,
+    };
     let cur_scores = train::dev_scores(
         &cur_dir,
         &ecfg,

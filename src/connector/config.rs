@@ -142,6 +142,11 @@ pub enum Mode {
     /// Texts are split into sentences; each concept keeps its best sentence as evidence and
     /// the event gets the overall top k.
     Sentences,
+    /// Sentences are tagged for skill and knowledge mentions by the model's mention tagger;
+    /// each mention gets its top concept when that clears the calibrated threshold, a line
+    /// with no mention gets none, and each concept is listed once with its best mention as
+    /// evidence. Listed items (a CV's `skills`) are one mention each.
+    Mentions,
 }
 
 /// `[[targets]]`: one target space to rank against.
@@ -158,8 +163,12 @@ pub struct TargetSection {
     pub fields: Vec<String>,
     /// Whole texts or sentences.
     pub mode: Mode,
-    /// Labels kept (per text in `whole` mode, per event in `sentences` mode).
+    /// Labels kept (per text in `whole` mode, per event in `sentences` and `mentions` mode).
     pub k: usize,
+    /// `mentions` mode: most mentions ranked per event (the most confident are kept), so a
+    /// description of thousands of lines costs a bounded amount of ranking.
+    #[serde(default = "default_max_mentions")]
+    pub max_mentions: usize,
     /// Labels scoring below this are dropped.
     #[serde(default)]
     pub min_score: f32,
@@ -184,6 +193,13 @@ impl TargetSection {
 /// Default of `targets.alias_weight`: the best of 0.8, 0.9, 0.95 and 1 on the
 /// job-normalisation dev set, for the base and the default model alike.
 pub const DEFAULT_ALIAS_WEIGHT: f32 = 0.9;
+
+/// Default of `targets.max_mentions`.
+pub const DEFAULT_MAX_MENTIONS: usize = 200;
+
+fn default_max_mentions() -> usize {
+    DEFAULT_MAX_MENTIONS
+}
 
 fn default_alias_weight() -> f32 {
     DEFAULT_ALIAS_WEIGHT
@@ -436,6 +452,9 @@ impl PipelineConfig {
             }
             if t.k == 0 {
                 errs.push(format!("`targets[{i}].k` must be > 0"));
+            }
+            if t.max_mentions == 0 {
+                errs.push(format!("`targets[{i}].max_mentions` must be > 0"));
             }
             if !(-1.0..=1.0).contains(&t.min_score) {
                 errs.push(format!("`targets[{i}].min_score` must be between -1 and 1"));

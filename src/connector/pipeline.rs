@@ -461,6 +461,7 @@ fn build_outputs(shared: &Shared, batch: &[Item], enc: &Encoded) -> Vec<OutRecor
                     &enc.embeddings[range],
                     &serving.targets,
                     serving.scorer,
+                    serving.mentions.as_deref(),
                 );
                 shared.shadow.offer(plan, &labels);
                 let rec = EnrichedRecord {

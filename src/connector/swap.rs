@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::config::PipelineConfig;
+use super::config::{Mode, PipelineConfig};
 use super::enrich::{self, Label, Plan, Target};
 use crate::encoder::Encoder;
 use crate::error::{ModelError, Result};
@@ -39,6 +39,8 @@ pub struct Serving {
     pub targets: Vec<Target>,
     /// The model's scorer.
     pub scorer: ScorerSpec,
+    /// The model's mention tagger (present whenever a target ranks mentions).
+    pub mentions: Option<Arc<crate::mentions::MentionHead>>,
 }
 
 /// Servings by model version; batches look theirs up by the version that encoded them.
@@ -82,6 +84,20 @@ pub fn load_serving(
     progress: bool,
 ) -> Result<(Encoder, Serving)> {
     let model = ModelDir::open(dir)?;
+    let mentions = model.mention_head()?.map(Arc::new);
+    if let Some(t) = cfg.targets.iter().find(|t| t.mode == Mode::Mentions) {
+        if mentions.is_none() {
+            return Err(ModelError::Manifest {
+                path: model.path.join(crate::model::MANIFEST_FILE),
+                msg: format!(
+                    "target {:?} ranks mentions, and this model has no mention tagger: attach one \
+                     with `uwe-trainer mentions --model {}`, or set `mode = \"sentences\"`",
+                    t.name,
+                    dir.display()
+                ),
+            });
+        }
+    }
     let mut enc = Encoder::load(&model, &cfg.encoder)?;
     let cache_dir = cfg
         .model
@@ -115,6 +131,7 @@ pub fn load_serving(
         Serving {
             targets,
             scorer: model.manifest.scorer,
+            mentions,
         },
     ))
 }
@@ -254,7 +271,13 @@ pub fn shadow_overlap(
     for s in samples {
         let range = next..next + s.plan.texts.len();
         next = range.end;
-        let got = enrich::labels(&s.plan, &emb[range], &serving.targets, serving.scorer);
+        let got = enrich::labels(
+            &s.plan,
+            &emb[range],
+            &serving.targets,
+            serving.scorer,
+            serving.mentions.as_deref(),
+        );
         for t in &serving.targets {
             let old: HashSet<&String> = s.ids.get(&t.cfg.name).into_iter().flatten().collect();
             let new: HashSet<&String> = got
@@ -283,6 +306,7 @@ mod tests {
             start: 0,
             end: 1,
             text: "x".into(),
+            sentence: None,
         };
         let v = ids
             .iter()
@@ -293,6 +317,7 @@ mod tests {
                 score: 0.5,
                 rank: r + 1,
                 matched: None,
+                mentions: None,
                 evidence: ev.clone(),
             })
             .collect();

@@ -20,6 +20,9 @@ use crate::model::{graph, Manifest, ModelDir};
 use crate::text::sentence_spans;
 pub use runtime::Device;
 
+/// Byte range `(start, end)` of each token row of a text, in the text.
+pub type TokenOffsets = Vec<(u32, u32)>;
+
 /// Embeddings of one text.
 #[derive(Debug, Clone, Default)]
 pub struct TextEmbedding {
@@ -30,6 +33,9 @@ pub struct TextEmbedding {
     pub tokens: Vec<f32>,
     /// Number of token rows.
     pub n_tokens: usize,
+    /// Byte range in the text of each token row (`n_tokens` entries): mention spans are
+    /// mapped back to characters through it.
+    pub offsets: Vec<(u32, u32)>,
     /// Number of model windows the text was split into.
     pub n_windows: usize,
 }
@@ -42,7 +48,7 @@ impl TextEmbedding {
 
     /// Approximate heap size, for the byte-bounded cache.
     pub fn heap_bytes(&self) -> usize {
-        (self.pooled.len() + self.tokens.len()) * 4 + 64
+        (self.pooled.len() + self.tokens.len() + 2 * self.offsets.len()) * 4 + 64
     }
 }
 
@@ -219,15 +225,23 @@ impl Encoder {
 
     /// Splits each text into windows of at most `max_seq_len - 2` word pieces, cutting at
     /// sentence boundaries first and inside a sentence only when it alone is too long.
-    fn windows(&self, texts: &[&str]) -> Result<Vec<Window>> {
+    /// Also returns each text's token byte offsets, in window order.
+    fn windows(&self, texts: &[&str]) -> Result<(Vec<Window>, Vec<TokenOffsets>)> {
         let encs = self
             .tokenizer
             .encode_batch(texts.to_vec(), false)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let limit = self.manifest.max_seq_len - 2;
         let mut windows = Vec::new();
+        let mut all_offsets = Vec::with_capacity(texts.len());
         for (ti, (text, enc)) in texts.iter().zip(encs).enumerate() {
             let ids = enc.get_ids();
+            all_offsets.push(
+                enc.get_offsets()
+                    .iter()
+                    .map(|&(a, b)| (a as u32, b as u32))
+                    .collect(),
+            );
             if ids.len() <= limit {
                 windows.push(Window {
                     text: ti,
@@ -273,7 +287,7 @@ impl Encoder {
                 windows.push(Window { text: ti, ids: cur });
             }
         }
-        Ok(windows)
+        Ok((windows, all_offsets))
     }
 
     /// Groups windows into batches: sorted by length so that each pads little, closed at the
@@ -305,7 +319,7 @@ impl Encoder {
 
     fn encode_uncached(&mut self, texts: &[&str]) -> Result<Vec<TextEmbedding>> {
         let dim = self.manifest.dim;
-        let windows = self.windows(texts)?;
+        let (windows, offsets) = self.windows(texts)?;
         let mut results: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; windows.len()];
         for (idx, seq) in self.plan_batches(&windows) {
             let batch: Vec<&Window> = idx.iter().map(|&i| &windows[i]).collect();
@@ -331,8 +345,11 @@ impl Encoder {
             o.tokens.extend_from_slice(&tokens);
             o.n_windows += 1;
         }
-        for o in &mut out {
+        for (o, off) in out.iter_mut().zip(offsets) {
             normalize(&mut o.pooled);
+            // Windows cover every word piece once, in order, so rows and offsets align.
+            debug_assert_eq!(off.len(), o.n_tokens);
+            o.offsets = off;
         }
         Ok(out)
     }

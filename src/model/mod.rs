@@ -97,6 +97,10 @@ pub struct Manifest {
     /// Dev-set scores, by task name.
     #[serde(default)]
     pub dev_scores: BTreeMap<String, serde_json::Value>,
+    /// The skill-mention tagger over the token embeddings, when the model has one
+    /// (`uwe-trainer mentions`); targets in `mentions` mode need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mentions: Option<crate::mentions::MentionSpec>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -106,7 +110,14 @@ impl Manifest {
     /// Caches of target-space embeddings are keyed by it.
     pub fn model_key(&self) -> String {
         let mut h = Sha256::new();
-        for (k, v) in &self.files {
+        // The mention tagger reads token embeddings but changes none: target-space caches
+        // stay valid when it is added or retrained.
+        let tagger = self.mentions.as_ref().map(|m| m.file.as_str());
+        for (k, v) in self
+            .files
+            .iter()
+            .filter(|(k, _)| Some(k.as_str()) != tagger)
+        {
             h.update(k.as_bytes());
             h.update(v.as_bytes());
         }
@@ -206,6 +217,48 @@ impl ModelDir {
     pub fn tokenizer_path(&self) -> PathBuf {
         self.path.join(TOKENIZER_FILE)
     }
+
+    /// The mention tagger, when the manifest names one (its sha256 was checked at open).
+    pub fn mention_head(&self) -> Result<Option<crate::mentions::MentionHead>> {
+        match &self.manifest.mentions {
+            None => Ok(None),
+            Some(spec) => {
+                crate::mentions::MentionHead::load(&self.path, spec, self.manifest.dim).map(Some)
+            }
+        }
+    }
+}
+
+/// Adds (or replaces) the mention tagger of the directory holding `manifest.json` at `dir`:
+/// writes the tagger's file, then the manifest naming it with its sha256 (each through a
+/// temporary file and a rename, so a crash leaves the old manifest or the new one).
+/// Works on a model directory and on a shipped `trained/` folder alike.
+pub fn attach_mentions(
+    dir: &Path,
+    spec: &crate::mentions::MentionSpec,
+    bytes: &[u8],
+) -> Result<Manifest> {
+    let mpath = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&mpath).map_err(ModelError::io(&mpath))?;
+    let mut manifest: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+        path: mpath.clone(),
+        msg: e.to_string(),
+    })?;
+    if let Some(old) = &manifest.mentions {
+        manifest.files.remove(&old.file);
+    }
+    manifest
+        .files
+        .insert(spec.file.clone(), sha256_bytes(bytes));
+    manifest.mentions = Some(spec.clone());
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    for (name, data) in [(spec.file.as_str(), bytes), (MANIFEST_FILE, &json[..])] {
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        std::fs::write(&tmp, data).map_err(ModelError::io(&tmp))?;
+        let fin = dir.join(name);
+        std::fs::rename(&tmp, &fin).map_err(ModelError::io(&fin))?;
+    }
+    Ok(manifest)
 }
 
 /// What a new model directory is built from.
@@ -236,6 +289,8 @@ pub struct BuildSpec {
     pub training_data: Vec<String>,
     /// Dev scores to record.
     pub dev_scores: BTreeMap<String, serde_json::Value>,
+    /// A mention tagger to ship in the directory: its spec and file bytes.
+    pub mentions: Option<(crate::mentions::MentionSpec, Vec<u8>)>,
 }
 
 /// Builds a model directory at `out` atomically: everything is written into a sibling
@@ -270,6 +325,9 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
     let mut files = BTreeMap::new();
     files.insert(ONNX_FILE.to_string(), sha256_bytes(&onnx));
     files.insert(TOKENIZER_FILE.to_string(), sha256_bytes(&tok));
+    if let Some((m, bytes)) = &spec.mentions {
+        files.insert(m.file.clone(), sha256_bytes(bytes));
+    }
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         name: spec.name.clone(),
@@ -285,17 +343,19 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
         bert,
         training_data: spec.training_data.clone(),
         dev_scores: spec.dev_scores.clone(),
+        mentions: spec.mentions.as_ref().map(|(m, _)| m.clone()),
         created_at: now_rfc3339(),
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    write_dir_atomically(
-        out,
-        &[
-            (ONNX_FILE, &onnx),
-            (TOKENIZER_FILE, &tok),
-            (MANIFEST_FILE, &manifest_json),
-        ],
-    )?;
+    let mut files: Vec<(&str, &[u8])> = vec![
+        (ONNX_FILE, &onnx),
+        (TOKENIZER_FILE, &tok),
+        (MANIFEST_FILE, &manifest_json),
+    ];
+    if let Some((m, bytes)) = &spec.mentions {
+        files.push((m.file.as_str(), bytes));
+    }
+    write_dir_atomically(out, &files)?;
     ModelDir::open(out)
 }
 

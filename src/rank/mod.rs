@@ -406,6 +406,7 @@ mod tests {
             pooled: v,
             n_tokens: 1,
             n_windows: 1,
+            offsets: vec![(0, 1)],
         }
     }
 

@@ -315,6 +315,7 @@ pub fn prepare(
                 target_text: TargetText::Label,
                 training_data: vec![],
                 dev_scores: BTreeMap::new(),
+                mentions: None,
             };
             let dir = model::build_model_dir(&spec, &scratch.join("model"))?;
             Ok((Encoder::load(&dir, cfg)?, Box::new(top)))
@@ -496,6 +497,7 @@ pub fn build_candidate(
         target_text: TargetText::Label,
         training_data,
         dev_scores: BTreeMap::new(),
+        mentions: None,
     };
     model::build_model_dir(&spec, out)
 }

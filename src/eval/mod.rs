@@ -4,6 +4,8 @@
 //! A task line is `{"query": "...", "relevant": ["id", ...]}`. Relevant ids absent from the
 //! space are dropped; a query left with none is skipped and counted.
 
+pub mod postings;
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 

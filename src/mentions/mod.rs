@@ -1,0 +1,592 @@
+//! Skill and knowledge mentions: which word spans of a sentence name a skill at all.
+//!
+//! A small tagger over the encoder's own (L2-normalised) token embeddings: each token's
+//! features are its embedding and its two neighbours', a hidden layer of `hidden` ReLU units,
+//! and two independent BIO softmaxes, one for skill spans and one for knowledge spans (as
+//! SkillSpan annotates them; the two may overlap). One encoder pass gives the embeddings and,
+//! through this head, the mentions; the head ships in the model directory
+//! ([`MentionSpec::file`], checked by sha256 like every other file), so a hot swap swaps both.
+//!
+//! A mention is ranked by the mean of its contextual token embeddings (see
+//! [`span_embedding`]): no second encoder pass.
+
+pub mod train;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::encoder::{normalize, TextEmbedding};
+use crate::error::{ModelError, Result};
+
+/// Default file name of the head inside a model directory.
+pub const MENTION_FILE: &str = "mentions.safetensors";
+/// Number of BIO logits: skill O/B/I, then knowledge O/B/I.
+pub const N_LOGITS: usize = 6;
+/// Tokens either side of a token that its features include.
+pub const CONTEXT: usize = 1;
+
+/// The `mentions` entry of a manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MentionSpec {
+    /// File in the model directory (listed with its sha256 in `files`).
+    pub file: String,
+    /// Hidden units of the tagger.
+    pub hidden: usize,
+    /// A token is inside a mention when `P(B) + P(I)` exceeds this (chosen on held-out
+    /// training postings).
+    pub threshold: f32,
+    /// The same for knowledge mentions, when it differs (its probabilities run lower).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge_threshold: Option<f32>,
+    /// Whether each token's features also hold its sentence's pooled embedding (so a header
+    /// or a benefits line can be told from a requirement as a whole).
+    #[serde(default)]
+    pub sentence_context: bool,
+    /// A mention's top label is kept only when it scores at least this (calibrated on
+    /// annotated spans; a target's `min_score` can only raise it).
+    pub label_threshold: f32,
+    /// What it was trained on and how it scored, for the model card.
+    #[serde(default)]
+    pub report: serde_json::Value,
+}
+
+/// Which annotation a mention follows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum MentionKind {
+    /// A skill (an ability: "communicate at all levels").
+    Skill,
+    /// Knowledge (a tool, field or technology: "Kubernetes").
+    Knowledge,
+}
+
+/// A detected mention: a byte range of the text and the token rows it covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mention {
+    /// Byte offset of its start in the text (snapped to a word start).
+    pub start: usize,
+    /// Byte offset of its end (snapped to a word end).
+    pub end: usize,
+    /// Token rows `first..last` (exclusive) of the text's embedding.
+    pub tokens: (usize, usize),
+    /// Skill or knowledge.
+    pub kind: MentionKind,
+    /// Mean `P(B) + P(I)` over its tokens.
+    pub confidence: f32,
+}
+
+/// The tagger's weights, row-major.
+#[derive(Debug, Clone)]
+pub struct MentionHead {
+    dim: usize,
+    hidden: usize,
+    /// Features end with the sentence's pooled embedding (see [`MentionSpec::sentence_context`]).
+    sentence: bool,
+    /// `[(2·CONTEXT+1)·dim, hidden]`, plus `dim` rows for the sentence when `sentence`.
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    /// `[hidden, N_LOGITS]`.
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+    /// See [`MentionSpec::threshold`].
+    pub threshold: f32,
+    /// See [`MentionSpec::knowledge_threshold`] (equal to `threshold` when not set).
+    pub knowledge_threshold: f32,
+    /// See [`MentionSpec::label_threshold`].
+    pub label_threshold: f32,
+}
+
+/// Names of the weights in the safetensors file.
+pub const W1: &str = "mentions.w1";
+/// Hidden bias.
+pub const B1: &str = "mentions.b1";
+/// Output weight.
+pub const W2: &str = "mentions.w2";
+/// Output bias.
+pub const B2: &str = "mentions.b2";
+
+impl MentionHead {
+    /// Width of the feature rows: the token window, plus the sentence when `sentence`.
+    pub fn feature_width(dim: usize, sentence: bool) -> usize {
+        (2 * CONTEXT + 1 + sentence as usize) * dim
+    }
+
+    /// A head from its weights (shapes are checked). Its input holds the sentence's pooled
+    /// embedding when `w1` has rows for it.
+    pub fn new(
+        dim: usize,
+        hidden: usize,
+        w1: Vec<f32>,
+        b1: Vec<f32>,
+        w2: Vec<f32>,
+        b2: Vec<f32>,
+    ) -> Result<Self> {
+        let sentence = w1.len() == Self::feature_width(dim, true) * hidden && hidden > 0;
+        let width = Self::feature_width(dim, sentence);
+        if w1.len() != width * hidden
+            || b1.len() != hidden
+            || w2.len() != hidden * N_LOGITS
+            || b2.len() != N_LOGITS
+        {
+            return Err(ModelError::Weights(format!(
+                "mention head weights have {}, {}, {}, {} values; a head of {hidden} units over \
+                 {dim}-wide embeddings needs {}, {hidden}, {}, {N_LOGITS}: the head was trained \
+                 for another model (retrain it with `uwe-trainer mentions`)",
+                w1.len(),
+                b1.len(),
+                w2.len(),
+                b2.len(),
+                width * hidden,
+                hidden * N_LOGITS
+            )));
+        }
+        Ok(MentionHead {
+            dim,
+            hidden,
+            sentence,
+            w1,
+            b1,
+            w2,
+            b2,
+            threshold: 0.5,
+            knowledge_threshold: 0.5,
+            label_threshold: 0.0,
+        })
+    }
+
+    /// Loads the head a manifest names from the model directory `dir`.
+    pub fn load(dir: &Path, spec: &MentionSpec, dim: usize) -> Result<Self> {
+        let path = dir.join(&spec.file);
+        let bytes = std::fs::read(&path).map_err(ModelError::io(&path))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            ModelError::Weights(format!("{}: not a safetensors file: {e}", path.display()))
+        })?;
+        let get = |name: &str| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|e| ModelError::Weights(format!("{}: {name}: {e}", path.display())))?;
+            if t.dtype() != safetensors::Dtype::F32 {
+                return Err(ModelError::Weights(format!(
+                    "{}: {name} is {:?}, expected F32",
+                    path.display(),
+                    t.dtype()
+                )));
+            }
+            Ok(t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        let mut h = MentionHead::new(dim, spec.hidden, get(W1)?, get(B1)?, get(W2)?, get(B2)?)
+            .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))?;
+        if h.sentence != spec.sentence_context {
+            return Err(ModelError::Weights(format!(
+                "{}: the weights {} the sentence embedding but the manifest says                  sentence_context = {}: retrain the tagger with `uwe-trainer mentions`",
+                path.display(),
+                if h.sentence { "read" } else { "do not read" },
+                spec.sentence_context
+            )));
+        }
+        h.threshold = spec.threshold;
+        h.knowledge_threshold = spec.knowledge_threshold.unwrap_or(spec.threshold);
+        h.label_threshold = spec.label_threshold;
+        Ok(h)
+    }
+
+    /// The weights as named f32 tensors `(name, shape, values)`, for writing.
+    pub fn tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
+        let width = Self::feature_width(self.dim, self.sentence);
+        vec![
+            (W1, vec![width, self.hidden], &self.w1[..]),
+            (B1, vec![self.hidden], &self.b1[..]),
+            (W2, vec![self.hidden, N_LOGITS], &self.w2[..]),
+            (B2, vec![N_LOGITS], &self.b2[..]),
+        ]
+    }
+
+    /// Hidden units.
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// Whether the features hold the sentence's pooled embedding.
+    pub fn sentence_context(&self) -> bool {
+        self.sentence
+    }
+
+    /// Per-token probabilities `[n, 6]` of a text's token rows and pooled embedding:
+    /// skill O/B/I, knowledge O/B/I.
+    pub fn probabilities(&self, tokens: &[f32], n: usize, pooled: &[f32]) -> Vec<f32> {
+        let (d, h) = (self.dim, self.hidden);
+        if n == 0 || tokens.len() != n * d || (self.sentence && pooled.len() != d) {
+            return vec![];
+        }
+        // W1 x for the concatenated features splits into one product per neighbour:
+        // P = E · [W1_prev | W1_self | W1_next] computed once, then shifted and summed.
+        let e = ndarray::ArrayView2::from_shape((n, d), tokens).expect("n × dim rows");
+        let mut hid = ndarray::Array2::<f32>::zeros((n, h));
+        for (j, off) in (-(CONTEXT as isize)..=CONTEXT as isize).enumerate() {
+            let w = ndarray::ArrayView2::from_shape((d, h), &self.w1[j * d * h..(j + 1) * d * h])
+                .expect("block shape");
+            let p = e.dot(&w);
+            for i in 0..n {
+                let src = i as isize + off;
+                if src < 0 || src >= n as isize {
+                    continue;
+                }
+                let mut row = hid.row_mut(i);
+                row += &p.row(src as usize);
+            }
+        }
+        // The sentence's block is one product shared by every token: a bias per sentence.
+        let mut bias = self.b1.clone();
+        if self.sentence {
+            let j = 2 * CONTEXT + 1;
+            let w = ndarray::ArrayView2::from_shape((d, h), &self.w1[j * d * h..(j + 1) * d * h])
+                .expect("block shape");
+            let s = ndarray::ArrayView1::from(pooled).dot(&w);
+            bias.iter_mut().zip(s.iter()).for_each(|(b, x)| *b += x);
+        }
+        let w2 = ndarray::ArrayView2::from_shape((h, N_LOGITS), &self.w2).expect("w2 shape");
+        hid.rows_mut().into_iter().for_each(|mut r| {
+            for (x, b) in r.iter_mut().zip(&bias) {
+                *x = (*x + b).max(0.0);
+            }
+        });
+        let mut logits = hid.dot(&w2);
+        let mut out = Vec::with_capacity(n * N_LOGITS);
+        for mut r in logits.rows_mut() {
+            for (x, b) in r.iter_mut().zip(&self.b2) {
+                *x += b;
+            }
+            let r = r.as_slice().expect("contiguous row");
+            out.extend(softmax3(&r[0..3]));
+            out.extend(softmax3(&r[3..6]));
+        }
+        out
+    }
+
+    /// Detects the mentions of `text`, whose embedding is `emb`; at most `max` of them,
+    /// the most confident kept, returned in text order.
+    pub fn detect(&self, text: &str, emb: &TextEmbedding, max: usize) -> Vec<Mention> {
+        let probs = self.probabilities(&emb.tokens, emb.n_tokens, &emb.pooled);
+        if probs.is_empty() || emb.offsets.len() != emb.n_tokens {
+            return vec![];
+        }
+        let mut out = Vec::new();
+        for (kind, col, threshold) in [
+            (MentionKind::Skill, 0, self.threshold),
+            (MentionKind::Knowledge, 3, self.knowledge_threshold),
+        ] {
+            let at = |i: usize| &probs[i * N_LOGITS + col..i * N_LOGITS + col + 3];
+            out.extend(
+                decode_bio(emb.n_tokens, threshold, at)
+                    .into_iter()
+                    .filter_map(|(a, b, conf)| {
+                        let (s, e) = snap_to_words(
+                            text,
+                            emb.offsets[a].0 as usize,
+                            emb.offsets[b - 1].1 as usize,
+                        )?;
+                        let (s, e) = trim_function_words(text, s, e)?;
+                        // The token rows the trimmed words still cover.
+                        let ta = (a..b).find(|&i| emb.offsets[i].1 as usize > s)?;
+                        let tb = (a..b).rposition(|i| (emb.offsets[i].0 as usize) < e)? + a + 1;
+                        Some(Mention {
+                            start: s,
+                            end: e,
+                            tokens: (ta, tb.max(ta + 1)),
+                            kind,
+                            confidence: conf,
+                        })
+                    }),
+            );
+        }
+        // Word pieces snapped to the same word merge; the same words tagged both ways are
+        // one mention to rank.
+        out.sort_by(|a, b| {
+            (a.kind == MentionKind::Knowledge, a.start, a.end).cmp(&(
+                b.kind == MentionKind::Knowledge,
+                b.start,
+                b.end,
+            ))
+        });
+        out.dedup_by(|b, a| {
+            let merge = a.kind == b.kind && b.start < a.end;
+            if merge {
+                let n_a = (a.tokens.1 - a.tokens.0) as f32;
+                let n_b = (b.tokens.1 - b.tokens.0) as f32;
+                a.confidence = (a.confidence * n_a + b.confidence * n_b) / (n_a + n_b);
+                a.end = a.end.max(b.end);
+                a.tokens = (a.tokens.0.min(b.tokens.0), a.tokens.1.max(b.tokens.1));
+            }
+            merge
+        });
+        out.sort_by_key(|a| (a.start, a.end));
+        out.dedup_by(|b, a| (a.start, a.end) == (b.start, b.end));
+        if out.len() > max {
+            out.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+            out.truncate(max);
+            out.sort_by_key(|a| (a.start, a.end));
+        }
+        out
+    }
+}
+
+fn softmax3(x: &[f32]) -> [f32; 3] {
+    let m = x[0].max(x[1]).max(x[2]);
+    let e = [(x[0] - m).exp(), (x[1] - m).exp(), (x[2] - m).exp()];
+    let s = e[0] + e[1] + e[2];
+    [e[0] / s, e[1] / s, e[2] / s]
+}
+
+/// Token spans `(first, end, mean confidence)` from per-token `[P(O), P(B), P(I)]`.
+///
+/// A token is inside when `P(B) + P(I) > threshold`; a span starts at an inside token that
+/// follows an outside one or whose `P(B)` beats `P(I)`, and runs while tokens stay inside and
+/// lean to `I`.
+pub fn decode_bio<'a>(
+    n: usize,
+    threshold: f32,
+    probs: impl Fn(usize) -> &'a [f32],
+) -> Vec<(usize, usize, f32)> {
+    let mut spans = Vec::new();
+    let mut cur: Option<(usize, f32)> = None;
+    for i in 0..n {
+        let p = probs(i);
+        let inside = p[1] + p[2] > threshold;
+        let begins = p[1] > p[2];
+        match (cur, inside) {
+            (Some((a, s)), true) if !begins => cur = Some((a, s + p[1] + p[2])),
+            (Some((a, s)), true) => {
+                spans.push((a, i, s / (i - a) as f32));
+                cur = Some((i, p[1] + p[2]));
+            }
+            (Some((a, s)), false) => {
+                spans.push((a, i, s / (i - a) as f32));
+                cur = None;
+            }
+            (None, true) => cur = Some((i, p[1] + p[2])),
+            (None, false) => {}
+        }
+    }
+    if let Some((a, s)) = cur {
+        spans.push((a, n, s / (n - a) as f32));
+    }
+    spans
+}
+
+/// Widens the byte range `a..b` of `text` to whole words (a word piece that starts or ends
+/// inside a word takes the word) and trims punctuation at its ends; `None` when nothing
+/// alphanumeric is left.
+pub fn snap_to_words(text: &str, a: usize, b: usize) -> Option<(usize, usize)> {
+    let (mut a, mut b) = (a.min(text.len()), b.min(text.len()));
+    if a >= b || !text.is_char_boundary(a) || !text.is_char_boundary(b) {
+        return None;
+    }
+    // Grow only from inside a word: a span starting right after a word is not part of it.
+    if text[a..].chars().next().is_some_and(char::is_alphanumeric) {
+        while let Some(c) = text[..a].chars().next_back() {
+            if !c.is_alphanumeric() {
+                break;
+            }
+            a -= c.len_utf8();
+        }
+    }
+    if text[..b]
+        .chars()
+        .next_back()
+        .is_some_and(char::is_alphanumeric)
+    {
+        while let Some(c) = text[b..].chars().next() {
+            if !c.is_alphanumeric() {
+                break;
+            }
+            b += c.len_utf8();
+        }
+    }
+    let s = &text[a..b];
+    let lead = s.len() - s.trim_start_matches(|c: char| !c.is_alphanumeric()).len();
+    // "C++", "C#", "F#": a trailing plus or hash belongs to the name.
+    let trail = s.len()
+        - s.trim_end_matches(|c: char| !c.is_alphanumeric() && c != '+' && c != '#')
+            .len();
+    (lead + trail < s.len()).then(|| (a + lead, b - trail))
+}
+
+/// Words that neither start nor end a skill mention in English ("Java and", "the quality",
+/// "of problems"); a mention made only of them ("our", "it") is none.
+const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "and", "any", "as", "at", "be", "by", "for", "from", "in", "into", "is", "it",
+    "its", "of", "on", "or", "our", "such", "that", "the", "their", "them", "these", "they",
+    "this", "those", "to", "up", "us", "we", "which", "who", "will", "with", "you", "your",
+];
+
+/// `[a, b)` of `text` without leading and trailing function words and the spaces and
+/// punctuation around them; `None` when nothing else is left.
+pub fn trim_function_words(text: &str, a: usize, b: usize) -> Option<(usize, usize)> {
+    let mut words: Vec<(usize, usize)> = Vec::new();
+    let mut start = None;
+    for (i, c) in text[a..b].char_indices() {
+        let i = a + i;
+        match (
+            c.is_alphanumeric() || c == '+' || c == '#' || c == '.',
+            start,
+        ) {
+            (true, None) => start = Some(i),
+            (false, Some(st)) => {
+                words.push((st, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(st) = start {
+        words.push((st, b));
+    }
+    let is_fn = |&(x, y): &(usize, usize)| {
+        let w = text[x..y].trim_end_matches('.').to_lowercase();
+        FUNCTION_WORDS.contains(&w.as_str())
+    };
+    let first = words.iter().position(|w| !is_fn(w))?;
+    let last = words.iter().rposition(|w| !is_fn(w))?;
+    if first == 0 && last + 1 == words.len() {
+        return Some((a, b));
+    }
+    let (s, e) = (words[first].0, words[last].1);
+    snap_to_words(text, s, e)
+}
+
+/// The embedding a mention is ranked with: the mean of its contextual token rows,
+/// normalised, as pooled vector; its rows as token embeddings (for a late scorer).
+pub fn span_embedding(emb: &TextEmbedding, tokens: (usize, usize)) -> TextEmbedding {
+    let d = emb.pooled.len();
+    let (a, b) = (tokens.0.min(emb.n_tokens), tokens.1.min(emb.n_tokens));
+    if a >= b || d == 0 {
+        return TextEmbedding {
+            pooled: vec![0.0; d],
+            ..Default::default()
+        };
+    }
+    let rows = &emb.tokens[a * d..b * d];
+    let mut pooled = vec![0.0f32; d];
+    for r in rows.chunks(d) {
+        for (p, x) in pooled.iter_mut().zip(r) {
+            *p += x;
+        }
+    }
+    normalize(&mut pooled);
+    TextEmbedding {
+        pooled,
+        tokens: rows.to_vec(),
+        n_tokens: b - a,
+        n_windows: 1,
+        offsets: emb.offsets[a..b].to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bio_decoding_splits_on_begin_and_outside() {
+        // O B I O I B B I
+        let p: Vec<[f32; 3]> = vec![
+            [0.9, 0.05, 0.05],
+            [0.1, 0.8, 0.1],
+            [0.2, 0.1, 0.7],
+            [0.9, 0.05, 0.05],
+            [0.3, 0.2, 0.5],
+            [0.1, 0.6, 0.3],
+            [0.1, 0.6, 0.3],
+            [0.1, 0.2, 0.7],
+        ];
+        let spans: Vec<(usize, usize)> = decode_bio(p.len(), 0.5, |i| &p[i][..])
+            .into_iter()
+            .map(|(a, b, _)| (a, b))
+            .collect();
+        assert_eq!(spans, vec![(1, 3), (4, 5), (5, 6), (6, 8)]);
+        assert!(decode_bio(0, 0.5, |i| &p[i][..]).is_empty());
+    }
+
+    #[test]
+    fn function_words_are_trimmed_from_the_edges() {
+        let t = "Java and the quality of code, or our";
+        let cut = |a: usize, b: usize| trim_function_words(t, a, b).map(|(x, y)| &t[x..y]);
+        assert_eq!(cut(0, 8), Some("Java"));
+        assert_eq!(cut(9, 28), Some("quality of code"), "inside words stay");
+        assert_eq!(cut(30, 36), None, "function words alone are no mention");
+        assert_eq!(cut(0, 4), Some("Java"));
+        assert_eq!(trim_function_words("C++ and C#", 0, 10), Some((0, 10)));
+    }
+
+    #[test]
+    fn snapping_takes_whole_words_and_drops_punctuation() {
+        let t = "Experience with Kubernetes, Docker.";
+        let k = t.find("Kube").unwrap();
+        assert_eq!(snap_to_words(t, k + 2, k + 6), Some((k, k + 10)));
+        let d = t.find("Docker").unwrap();
+        assert_eq!(snap_to_words(t, d, t.len()), Some((d, d + 6)));
+        assert_eq!(snap_to_words(t, k + 10, k + 11), None, "a comma alone");
+        assert_eq!(snap_to_words("Zürich", 1, 2), None, "inside a character");
+        assert_eq!(snap_to_words("Zürich", 0, 1), Some((0, "Zürich".len())));
+    }
+
+    fn head(dim: usize) -> MentionHead {
+        // One hidden unit that fires on feature 0 of the token itself: skill B when it does.
+        let width = (2 * CONTEXT + 1) * dim;
+        let mut w1 = vec![0.0; width];
+        w1[dim] = 10.0; // self block, feature 0
+        let mut w2 = vec![0.0; N_LOGITS];
+        w2[1] = 1.0; // skill B
+        let b2 = vec![2.0, 0.0, 0.0, 2.0, 0.0, 0.0];
+        MentionHead::new(dim, 1, w1, vec![0.0], w2, b2).unwrap()
+    }
+
+    #[test]
+    fn detect_maps_tokens_to_words_and_bounds_the_count() {
+        let dim = 2;
+        let text = "Java and Rust";
+        // Token rows: "Java" fires, "and" does not, "Ru" "##st" fire.
+        let rows = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0];
+        let emb = TextEmbedding {
+            pooled: vec![1.0, 0.0],
+            tokens: rows.to_vec(),
+            n_tokens: 4,
+            n_windows: 1,
+            offsets: vec![(0, 4), (5, 8), (9, 11), (11, 13)],
+        };
+        let h = head(dim);
+        let m = h.detect(text, &emb, 10);
+        let words: Vec<&str> = m.iter().map(|m| &text[m.start..m.end]).collect();
+        // "Ru" and "##st" both lean B, so they are two spans snapped to the same word: one.
+        assert_eq!(words, vec!["Java", "Rust"]);
+        assert_eq!(m[1].tokens, (2, 4));
+        assert_eq!(m[0].kind, MentionKind::Skill);
+        assert_eq!(h.detect(text, &emb, 1).len(), 1);
+        let wrong = MentionHead::new(3, 1, vec![0.0; 9], vec![0.0], vec![0.0; 6], vec![0.0; 6]);
+        assert!(wrong.is_ok());
+        assert!(
+            MentionHead::new(3, 2, vec![0.0; 9], vec![0.0], vec![0.0; 6], vec![0.0; 6]).is_err()
+        );
+    }
+
+    #[test]
+    fn span_embedding_is_the_normalised_mean_of_its_rows() {
+        let emb = TextEmbedding {
+            pooled: vec![0.0, 1.0],
+            tokens: vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0],
+            n_tokens: 3,
+            n_windows: 1,
+            offsets: vec![(0, 1), (2, 3), (4, 5)],
+        };
+        let s = span_embedding(&emb, (0, 2));
+        let r = std::f32::consts::FRAC_1_SQRT_2;
+        assert!((s.pooled[0] - r).abs() < 1e-6 && (s.pooled[1] - r).abs() < 1e-6);
+        assert_eq!(s.n_tokens, 2);
+        assert!(span_embedding(&emb, (2, 2)).is_empty());
+    }
+}

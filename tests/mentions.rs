@@ -1,0 +1,161 @@
+//! `mentions` mode with the real shipped model (its tagger included) and the real ESCO
+//! skills: a posting's skill lines give labels whose evidence is the span itself, header and
+//! boilerplate lines give none, and bad input stays bounded.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::root;
+use uwe_connect::connector::config::{Mode, PipelineConfig};
+use uwe_connect::connector::enrich::{self, Label};
+use uwe_connect::connector::event::{Event, Vacancy};
+use uwe_connect::connector::swap::{self, Serving};
+use uwe_connect::encoder::Encoder;
+
+/// The shipped vacancy pipeline over the trained model built by `scripts/setup`.
+fn serving(max_mentions: usize) -> (Encoder, Serving, PipelineConfig) {
+    let mut cfg = PipelineConfig::load(&root().join("connectors/vacancies.toml")).unwrap();
+    cfg.model.dir = std::env::var_os("UWE_TEST_TRAINED_MODEL")
+        .map(Into::into)
+        .unwrap_or_else(|| root().join("models/uwe-minilm-l6"));
+    cfg.model.data_dir = root().join("data");
+    cfg.model.cache_dir = Some(root().join("target/test-space-cache"));
+    cfg.encoder.onnxruntime = Some(root().join(".uwe/lib/libonnxruntime.so"));
+    cfg.encoder.intra_threads = 2;
+    // Only the skills target: the occupations space is not under test here.
+    cfg.targets.retain(|t| t.name == "skills");
+    assert_eq!(cfg.targets[0].mode, Mode::Mentions, "shipped default");
+    cfg.targets[0].max_mentions = max_mentions;
+    let (enc, s) = swap::load_serving(&cfg.model.dir, &cfg, false).unwrap_or_else(|e| {
+        panic!("{e}\nThese tests need the trained model with its tagger: run scripts/setup")
+    });
+    assert!(s.mentions.is_some(), "the shipped model carries a tagger");
+    (enc, s, cfg)
+}
+
+fn enrich(enc: &mut Encoder, s: &Serving, cfg: &PipelineConfig, description: &str) -> Vec<Label> {
+    let ev = Event::Vacancy(Vacancy {
+        id: "t-1".into(),
+        title: "Data engineer".into(),
+        description: description.into(),
+        location: None,
+        language: None,
+        posted_date: None,
+        source: None,
+    });
+    let plan = enrich::plan(&ev, &cfg.targets);
+    let embs = enc.encode(&plan.texts).unwrap();
+    let mut out = enrich::labels(&plan, &embs, &s.targets, s.scorer, s.mentions.as_deref());
+    out.remove("skills").unwrap_or_default()
+}
+
+fn char_slice(s: &str, a: usize, b: usize) -> String {
+    s.chars().skip(a).take(b - a).collect()
+}
+
+#[test]
+fn skill_lines_give_span_evidence_and_headers_give_none() {
+    let (mut enc, s, cfg) = serving(200);
+    // Lines from real postings that gave labels in `sentences` mode. ("Financial Services",
+    // a sector header, is still tagged as knowledge by the shipped tagger: not listed here.)
+    let headers = "Job description\nResponsibilities\nPublic\nStart date: as soon as possible\nBenefits\nAbout us\nWhat we offer\n<ORGANIZATION> is an equal opportunity employer.";
+    let skills = "You have strong communication skills and experience in project management and you develop machine learning models in Python.";
+    let text = format!("{headers}\n{skills}\nWe offer sports offers and a pension plan.");
+    let labels = enrich(&mut enc, &s, &cfg, &text);
+    assert!(!labels.is_empty(), "a line naming skills gives labels");
+    let skill_line_start = headers.chars().count() + 1;
+    let skill_line_end = skill_line_start + skills.chars().count();
+    let mut ids = std::collections::HashSet::new();
+    for l in &labels {
+        let e = &l.evidence;
+        assert_eq!(e.field, "description");
+        assert_eq!(
+            char_slice(&text, e.start, e.end),
+            e.text,
+            "offsets name the span"
+        );
+        assert!(
+            e.start >= skill_line_start && e.end <= skill_line_end,
+            "label {} from {:?} outside the skill line",
+            l.label,
+            e.text
+        );
+        let sentence = e
+            .sentence
+            .as_deref()
+            .expect("mentions carry their sentence");
+        assert!(sentence.contains(&e.text));
+        assert!(e.text.len() < sentence.len(), "a span, not the whole line");
+        assert!(l.mentions.unwrap_or(0) >= 1);
+        assert!(ids.insert(l.id.clone()), "each concept once: {}", l.id);
+        assert!(l.score >= s.mentions.as_ref().unwrap().label_threshold);
+    }
+    let names: Vec<String> = labels.iter().map(|l| l.label.to_lowercase()).collect();
+    assert!(
+        ["project management", "python (computer programming)"]
+            .iter()
+            .all(|want| names.iter().any(|n| n == want)),
+        "project management and Python found: {:?}",
+        labels.iter().map(|l| &l.label).collect::<Vec<_>>()
+    );
+
+    // Headers and boilerplate alone: no label at all.
+    let none = enrich(&mut enc, &s, &cfg, headers);
+    assert!(
+        none.is_empty(),
+        "header lines gave {:?}",
+        none.iter()
+            .map(|l| (&l.evidence.text, &l.label))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn bad_input_is_bounded_and_still_enriched() {
+    let max = 25;
+    let (mut enc, s, cfg) = serving(max);
+    let k = cfg.targets[0].k;
+    let long_word = "abcdefghij".repeat(30_000);
+    let many = (0..2000)
+        .map(|i| format!("Experience with Kubernetes and Docker in team {i}."))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let markup = "<ORGANIZATION> <ADDRESS> <b>Requirements</b>: <ul><li>Java</li><li>SQL</li></ul> &amp; <LOCATION>";
+    for text in ["", "   \n\t ", long_word.as_str(), many.as_str(), markup] {
+        let labels = enrich(&mut enc, &s, &cfg, text);
+        assert!(labels.len() <= k, "at most k labels");
+        let total: usize = labels.iter().filter_map(|l| l.mentions).sum();
+        assert!(total <= max, "{total} mentions ranked, max_mentions {max}");
+        for l in &labels {
+            assert_eq!(
+                char_slice(text, l.evidence.start, l.evidence.end),
+                l.evidence.text
+            );
+        }
+        if text.trim().is_empty() || text == long_word {
+            assert!(labels.is_empty(), "no skill in {:.40?}", text);
+        }
+    }
+    // The bound keeps the most confident mentions of a long description.
+    let plan = enrich::plan(
+        &Event::Vacancy(Vacancy {
+            id: "t-2".into(),
+            title: String::new(),
+            description: many.clone(),
+            location: None,
+            language: None,
+            posted_date: None,
+            source: None,
+        }),
+        &cfg.targets,
+    );
+    let embs: Vec<Arc<_>> = enc.encode(&plan.texts).unwrap();
+    let units: Vec<_> = plan.units.iter().collect();
+    let found = enrich::find_mentions(&units, &embs, s.mentions.as_deref().unwrap(), max);
+    assert_eq!(
+        found.len(),
+        max,
+        "2,000 sentences have more than {max} mentions"
+    );
+}
