@@ -224,6 +224,10 @@ enum Cmd {
         /// Print every label to stderr, marked `span` or `NOISE`, with its evidence.
         #[arg(long, requires = "postings")]
         explain: bool,
+        /// Rank each mention by its words encoded on their own instead of its contextual
+        /// token embeddings (the comparison the README reports).
+        #[arg(long, requires = "postings")]
+        reencode_spans: bool,
         #[command(flatten)]
         scorer: ScorerArgs,
         #[command(flatten)]
@@ -521,6 +525,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             knowledge_threshold,
             label_threshold,
             explain,
+            reencode_spans,
             ..
         } => {
             let config = config.expect("clap requires --config with --postings");
@@ -548,7 +553,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ps.retain(|p| uwe_connect::mentions::train::is_holdout_posting(&p.source, p.idx));
                 eprintln!("{} postings held out by the tagger's training", ps.len());
             }
-            let r = eval::postings::evaluate(&mut enc, &serving, t, mode, &ps, explain)?;
+            let r = eval::postings::evaluate(
+                &mut enc,
+                &serving,
+                t,
+                mode,
+                &ps,
+                explain,
+                reencode_spans,
+            )?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Eval {

@@ -169,6 +169,7 @@ pub fn evaluate(
     mode: Option<Mode>,
     postings: &[AnnotatedPosting],
     explain: bool,
+    reencode_spans: bool,
 ) -> Result<PostingReport> {
     if let Some(m) = mode {
         target.cfg.mode = m;
@@ -202,7 +203,20 @@ pub fn evaluate(
             serving.scorer,
             serving.mentions.as_deref(),
         );
-        let labels = labels.get(&target.cfg.name).cloned().unwrap_or_default();
+        let mut labels = labels.get(&target.cfg.name).cloned().unwrap_or_default();
+        if let (true, Mode::Mentions, Some(head)) =
+            (reencode_spans, target.cfg.mode, serving.mentions.as_deref())
+        {
+            // The alternative to ranking a span by its contextual token rows: the span's
+            // words encoded on their own, out of their sentence.
+            let units: Vec<&enrich::Unit> = plan.units.iter().collect();
+            let mut found = enrich::find_mentions(&units, &embs, head, target.cfg.max_mentions);
+            let texts: Vec<String> = found.iter().map(|m| m.evidence.text.clone()).collect();
+            for (m, e) in found.iter_mut().zip(enc.encode(&texts)?) {
+                m.embedding = (*e).clone();
+            }
+            labels = enrich::mention_labels(&target, &found, serving.scorer, head);
+        }
         fn as_strs(v: &[String]) -> Vec<&str> {
             v.iter().map(String::as_str).collect()
         }
