@@ -5,6 +5,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::root;
 use uwe_connect::connector::config::{Mode, PipelineConfig};
@@ -158,4 +159,68 @@ fn bad_input_is_bounded_and_still_enriched() {
         max,
         "2,000 sentences have more than {max} mentions"
     );
+}
+
+#[test]
+fn mentions_mode_through_the_broker_sends_every_record_out() {
+    use common::{consume_until, free_addr, json_events, produce, topics, Connector};
+    let t = topics("mentions", 2);
+    let base = common::base_model_dir().display().to_string();
+    let trained = root().join("models/uwe-minilm-l6").display().to_string();
+    let toml = t
+        .pipeline("men", "vacancy", "json", "at-least-once", &free_addr())
+        .replace(
+            "mode = \"sentences\"",
+            "mode = \"mentions\"\nmax_mentions = 20",
+        )
+        .replace("max_event_bytes = 65536", "max_event_bytes = 4194304")
+        .replace(
+            &format!("dir = \"{base}\""),
+            &format!("dir = \"{trained}\""),
+        );
+    assert!(toml.contains("mode = \"mentions\"") && toml.contains(&trained));
+    let many = (0..2000)
+        .map(|i| format!("Experience with Kubernetes and Docker in team {i}."))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let descriptions = [
+        "You have strong communication skills and experience in project management.".to_string(),
+        String::new(),
+        "   \n\t ".to_string(),
+        "abcdefghij".repeat(30_000),
+        many,
+        "<ORGANIZATION> <ADDRESS> <b>Requirements</b>: <ul><li>Java</li><li>SQL</li></ul>"
+            .to_string(),
+    ];
+    let events: Vec<(String, serde_json::Value)> = descriptions
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let id = format!("m-{i}");
+            (
+                id.clone(),
+                serde_json::json!({"id": id, "title": "Software engineer", "description": d}),
+            )
+        })
+        .collect();
+    produce(&t.input, 2, &json_events(events));
+    let mut c = Connector::start(&toml);
+    let out = consume_until(&t.output, Duration::from_secs(300), |g| g.len() >= 6);
+    assert_eq!(out.len(), 6, "every record goes out; log:\n{}", c.log());
+    for g in &out {
+        let v = g.json();
+        let skills = v["labels"]["skills"].as_array().expect("a skills list");
+        let ranked: u64 = skills.iter().filter_map(|l| l["mentions"].as_u64()).sum();
+        assert!(ranked <= 20, "max_mentions bounds the ranking: {ranked}");
+        for l in skills {
+            assert!(l["evidence"]["sentence"].is_string(), "{l}");
+        }
+        if v["source"]["id"] == "m-0" {
+            assert!(!skills.is_empty(), "a skill line gives labels");
+        }
+        if ["m-1", "m-2", "m-3"].contains(&v["source"]["id"].as_str().unwrap()) {
+            assert!(skills.is_empty(), "no skill named: {skills:?}");
+        }
+    }
+    assert!(c.terminate().success());
 }

@@ -218,6 +218,9 @@ enum Cmd {
         /// Override the tagger's inside threshold of knowledge mentions (calibration sweeps).
         #[arg(long, requires = "postings")]
         knowledge_threshold: Option<f32>,
+        /// Override the tagger's sentence-gate threshold (calibration sweeps; 0 = off).
+        #[arg(long, requires = "postings")]
+        sentence_gate: Option<f32>,
         /// Override the tagger's label threshold (calibration sweeps).
         #[arg(long, requires = "postings")]
         label_threshold: Option<f32>,
@@ -523,6 +526,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tagger_holdout,
             mention_threshold,
             knowledge_threshold,
+            sentence_gate,
             label_threshold,
             explain,
             reencode_spans,
@@ -546,6 +550,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .or(mention_threshold)
                     .unwrap_or(head.knowledge_threshold);
                 head.label_threshold = label_threshold.unwrap_or(head.label_threshold);
+                if let Some(g) = sentence_gate {
+                    anyhow::ensure!(
+                        head.gate.is_some() || g == 0.0,
+                        "--sentence-gate: this model's tagger has no sentence gate; retrain it with `uwe-trainer mentions`"
+                    );
+                    head.gate_threshold = g;
+                }
             }
             let t = eval::postings::pick_target(&serving, target.as_deref())?;
             let mut ps = eval::postings::read_postings(&postings)?;

@@ -44,6 +44,11 @@ pub struct MentionSpec {
     /// or a benefits line can be told from a requirement as a whole).
     #[serde(default)]
     pub sentence_context: bool,
+    /// Sentences whose gate probability (a logistic model on the sentence's pooled
+    /// embedding: "does this line name a skill at all?") is below this get no mention.
+    /// `None`: no gate (the file then need not hold one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentence_gate: Option<f32>,
     /// A mention's top label is kept only when it scores at least this (calibrated on
     /// annotated spans; a target's `min_score` can only raise it).
     pub label_threshold: f32,
@@ -96,6 +101,11 @@ pub struct MentionHead {
     pub knowledge_threshold: f32,
     /// See [`MentionSpec::label_threshold`].
     pub label_threshold: f32,
+    /// Sentence gate: weights over the pooled embedding and bias (see
+    /// [`MentionSpec::sentence_gate`]).
+    pub gate: Option<(Vec<f32>, f32)>,
+    /// Gate probability a sentence needs; 0 lets every sentence through.
+    pub gate_threshold: f32,
 }
 
 /// Names of the weights in the safetensors file.
@@ -106,6 +116,10 @@ pub const B1: &str = "mentions.b1";
 pub const W2: &str = "mentions.w2";
 /// Output bias.
 pub const B2: &str = "mentions.b2";
+/// Sentence gate weights (optional).
+pub const GATE_W: &str = "mentions.gate_w";
+/// Sentence gate bias (optional).
+pub const GATE_B: &str = "mentions.gate_b";
 
 impl MentionHead {
     /// Width of the feature rows: the token window, plus the sentence when `sentence`.
@@ -153,6 +167,8 @@ impl MentionHead {
             threshold: 0.5,
             knowledge_threshold: 0.5,
             label_threshold: 0.0,
+            gate: None,
+            gate_threshold: 0.0,
         })
     }
 
@@ -183,11 +199,35 @@ impl MentionHead {
             .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))?;
         if h.sentence != spec.sentence_context {
             return Err(ModelError::Weights(format!(
-                "{}: the weights {} the sentence embedding but the manifest says                  sentence_context = {}: retrain the tagger with `uwe-trainer mentions`",
+                "{}: the weights {} the sentence embedding but the manifest says \
+                 sentence_context = {}: retrain the tagger with `uwe-trainer mentions`",
                 path.display(),
                 if h.sentence { "read" } else { "do not read" },
                 spec.sentence_context
             )));
+        }
+        if st.names().contains(&GATE_W) {
+            let (w, b) = (get(GATE_W)?, get(GATE_B)?);
+            if w.len() != dim || b.len() != 1 {
+                return Err(ModelError::Weights(format!(
+                    "{}: the sentence gate has {} weights and {} biases, expected {dim} and 1: \
+                     retrain the tagger with `uwe-trainer mentions`",
+                    path.display(),
+                    w.len(),
+                    b.len()
+                )));
+            }
+            h.gate = Some((w, b[0]));
+        }
+        if let Some(g) = spec.sentence_gate {
+            if h.gate.is_none() {
+                return Err(ModelError::Weights(format!(
+                    "{}: the manifest sets sentence_gate = {g} but the file holds no gate: \
+                     retrain the tagger with `uwe-trainer mentions`",
+                    path.display()
+                )));
+            }
+            h.gate_threshold = g;
         }
         h.threshold = spec.threshold;
         h.knowledge_threshold = spec.knowledge_threshold.unwrap_or(spec.threshold);
@@ -198,17 +238,34 @@ impl MentionHead {
     /// The weights as named f32 tensors `(name, shape, values)`, for writing.
     pub fn tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
         let width = Self::feature_width(self.dim, self.sentence);
-        vec![
+        let mut v = vec![
             (W1, vec![width, self.hidden], &self.w1[..]),
             (B1, vec![self.hidden], &self.b1[..]),
             (W2, vec![self.hidden, N_LOGITS], &self.w2[..]),
             (B2, vec![N_LOGITS], &self.b2[..]),
-        ]
+        ];
+        if let Some((w, b)) = &self.gate {
+            v.push((GATE_W, vec![self.dim], &w[..]));
+            v.push((GATE_B, vec![1], std::slice::from_ref(b)));
+        }
+        v
     }
 
     /// Hidden units.
     pub fn hidden(&self) -> usize {
         self.hidden
+    }
+
+    /// The sentence gate's probability that a sentence with this pooled embedding names a
+    /// skill or knowledge span (1 without a gate).
+    pub fn gate_probability(&self, pooled: &[f32]) -> f32 {
+        match &self.gate {
+            Some((w, b)) if w.len() == pooled.len() => {
+                let z: f32 = w.iter().zip(pooled).map(|(a, x)| a * x).sum::<f32>() + b;
+                1.0 / (1.0 + (-z).exp())
+            }
+            _ => 1.0,
+        }
     }
 
     /// Whether the features hold the sentence's pooled embedding.
@@ -273,6 +330,9 @@ impl MentionHead {
     pub fn detect(&self, text: &str, emb: &TextEmbedding, max: usize) -> Vec<Mention> {
         let probs = self.probabilities(&emb.tokens, emb.n_tokens, &emb.pooled);
         if probs.is_empty() || emb.offsets.len() != emb.n_tokens {
+            return vec![];
+        }
+        if self.gate_probability(&emb.pooled) < self.gate_threshold {
             return vec![];
         }
         let mut out = Vec::new();
@@ -567,6 +627,18 @@ mod tests {
         assert_eq!(m[1].tokens, (2, 4));
         assert_eq!(m[0].kind, MentionKind::Skill);
         assert_eq!(h.detect(text, &emb, 1).len(), 1);
+        // A sentence the gate rules out has no mention; the gate is written with the head.
+        let mut gated = h.clone();
+        gated.gate = Some((vec![-10.0, 0.0], 0.0));
+        assert_eq!(
+            gated.detect(text, &emb, 10).len(),
+            2,
+            "gate off at threshold 0"
+        );
+        gated.gate_threshold = 0.5;
+        assert!(gated.gate_probability(&emb.pooled) < 0.01);
+        assert!(gated.detect(text, &emb, 10).is_empty());
+        assert!(gated.tensors().iter().any(|(n, _, _)| *n == GATE_W));
         let wrong = MentionHead::new(3, 1, vec![0.0; 9], vec![0.0], vec![0.0; 6], vec![0.0; 6]);
         assert!(wrong.is_ok());
         assert!(

@@ -272,6 +272,9 @@ pub struct TrainReport {
     pub holdout: SpanScores,
     /// Mean loss of the last epoch.
     pub final_loss: f32,
+    /// Sentence gate's ROC AUC on the held-out sentences (span or none), percent.
+    #[serde(default)]
+    pub gate_holdout_auc: f64,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -483,6 +486,16 @@ pub fn train(
     }
     head.threshold = best.0;
     head.knowledge_threshold = best.0;
+    // The sentence gate: "does this line name a span at all?", on the pooled embedding.
+    let has_span = |s: &TaggedSentence| !gold_mentions(s).is_empty();
+    let xs: Vec<&[f32]> = fit_embs.iter().map(|e| &e.pooled[..]).collect();
+    let ys: Vec<bool> = fit.iter().map(|s| has_span(s)).collect();
+    head.gate = Some(fit_gate(&xs, &ys, dim));
+    let gate_auc = auc(&hold_embs
+        .iter()
+        .zip(&hold)
+        .map(|(e, s)| (head.gate_probability(&e.pooled), has_span(s)))
+        .collect::<Vec<_>>());
     Ok((
         head,
         TrainReport {
@@ -492,9 +505,74 @@ pub fn train(
             threshold: best.0,
             holdout: best.1,
             final_loss,
+            gate_holdout_auc: (gate_auc * 10000.0).round() / 100.0,
             seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         },
     ))
+}
+
+/// Logistic regression of `ys` on `xs` (full-batch Adam, 800 steps, small L2): the
+/// sentence gate's weights and bias.
+fn fit_gate(xs: &[&[f32]], ys: &[bool], dim: usize) -> (Vec<f32>, f32) {
+    let n = xs.len().max(1) as f32;
+    let pos = ys.iter().filter(|&&y| y).count() as f32;
+    let prior = ((pos + 1.0) / (n - pos + 1.0)).ln();
+    let mut w = vec![0f32; dim + 1];
+    w[dim] = prior;
+    let (mut m, mut v) = (vec![0f32; dim + 1], vec![0f32; dim + 1]);
+    let (lr, b1, b2, l2) = (0.05f32, 0.9f32, 0.999f32, 1e-4f32);
+    for step in 1..=800 {
+        let mut g = vec![0f32; dim + 1];
+        for (x, &y) in xs.iter().zip(ys) {
+            if x.len() != dim {
+                continue;
+            }
+            let z: f32 = w[..dim].iter().zip(*x).map(|(a, b)| a * b).sum::<f32>() + w[dim];
+            let err = 1.0 / (1.0 + (-z).exp()) - y as u8 as f32;
+            g[..dim]
+                .iter_mut()
+                .zip(*x)
+                .for_each(|(gi, xi)| *gi += err * xi);
+            g[dim] += err;
+        }
+        for i in 0..=dim {
+            let gi = g[i] / n + if i < dim { l2 * w[i] } else { 0.0 };
+            m[i] = b1 * m[i] + (1.0 - b1) * gi;
+            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+            let mh = m[i] / (1.0 - b1.powi(step));
+            let vh = v[i] / (1.0 - b2.powi(step));
+            w[i] -= lr * mh / (vh.sqrt() + 1e-8);
+        }
+    }
+    let b = w.pop().unwrap_or(0.0);
+    (w, b)
+}
+
+/// Area under the ROC curve of `(score, positive)` pairs (ties count half).
+fn auc(pairs: &[(f32, bool)]) -> f64 {
+    let mut v = pairs.to_vec();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_sum, mut n_pos) = (0f64, 0f64);
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j < v.len() && v[j].0 == v[i].0 {
+            j += 1;
+        }
+        let mid = (i + j + 1) as f64 / 2.0;
+        for p in &v[i..j] {
+            if p.1 {
+                rank_sum += mid;
+                n_pos += 1.0;
+            }
+        }
+        i = j;
+    }
+    let n_neg = v.len() as f64 - n_pos;
+    if n_pos == 0.0 || n_neg == 0.0 {
+        return 0.5;
+    }
+    (rank_sum - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
 }
 
 /// Which thresholds a newly trained tagger ships with.
@@ -555,6 +633,7 @@ pub fn train_and_attach(
         head.threshold = k.threshold;
         head.knowledge_threshold = k.knowledge_threshold.unwrap_or(k.threshold);
         head.label_threshold = k.label_threshold;
+        head.gate_threshold = k.sentence_gate.unwrap_or(0.0);
     }
     let dev_texts: Vec<String> = dev_set.iter().map(|s| s.text().0).collect();
     let dev_embs = enc.encode(&dev_texts)?;
@@ -579,6 +658,8 @@ pub fn train_and_attach(
         file: super::MENTION_FILE.into(),
         hidden: opts.hidden,
         sentence_context: head.sentence_context(),
+        sentence_gate: (head.gate.is_some() && head.gate_threshold > 0.0)
+            .then_some(head.gate_threshold),
         threshold: head.threshold,
         knowledge_threshold: (head.knowledge_threshold != head.threshold)
             .then_some(head.knowledge_threshold),
@@ -623,6 +704,21 @@ mod tests {
             tags_skill: skill.iter().map(|s| s.to_string()).collect(),
             tags_knowledge: know.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn gate_separates_and_auc_ranks() {
+        let xs: Vec<Vec<f32>> = (0..40)
+            .map(|i| vec![if i % 2 == 0 { 1.0 } else { -1.0 }, 0.5])
+            .collect();
+        let refs: Vec<&[f32]> = xs.iter().map(|x| &x[..]).collect();
+        let ys: Vec<bool> = (0..40).map(|i| i % 2 == 0).collect();
+        let (w, b) = fit_gate(&refs, &ys, 2);
+        let p = |x: &[f32]| 1.0 / (1.0 + (-(w[0] * x[0] + w[1] * x[1] + b)).exp());
+        assert!(p(&[1.0, 0.5]) > 0.9 && p(&[-1.0, 0.5]) < 0.1);
+        assert_eq!(auc(&[(0.9, true), (0.1, false)]), 1.0);
+        assert_eq!(auc(&[(0.1, true), (0.9, false)]), 0.0);
+        assert_eq!(auc(&[(0.5, true), (0.5, false)]), 0.5);
     }
 
     #[test]
