@@ -365,6 +365,13 @@ fn two_instances_share_partitions() {
         ia > 0.0 && ib > 0.0,
         "both instances consumed: {ia} and {ib}"
     );
+    for (name, c) in [("a", &a), ("b", &b)] {
+        assert!(
+            c.log().contains("partitions assigned"),
+            "{name} logs its assignment:\n{}",
+            c.log()
+        );
+    }
     // Outputs are visible before their offsets are committed (every second, and on
     // SIGTERM). Two clean-clone CI runs ended with one partition committed short ([17, 20,
     // 20, 20] once) although all 80 events had outputs; wait for the group's commits to reach

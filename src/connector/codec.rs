@@ -152,6 +152,8 @@ impl Codec {
             None => {
                 let s = std::str::from_utf8(p)
                     .map_err(|e| DecodeError::bad("not_utf8", e.to_string()))?;
+                // Windows tools write a UTF-8 byte-order mark; JSON itself never needs one.
+                let s = s.strip_prefix('\u{feff}').unwrap_or(s);
                 serde_json::from_str::<serde_json::Value>(s)
                     .map_err(|e| DecodeError::bad("malformed_json", e.to_string()))?
             }
@@ -268,6 +270,16 @@ mod tests {
             .decode(Some(br#"{"id":"1","title":"Chef","description":"Cook."}"#))
             .unwrap();
         assert_eq!(e.id(), "1");
+        let bom = c
+            .decode(Some(
+                b"\xef\xbb\xbf{\"id\":\"2\",\"title\":\"Chef\",\"description\":\"Cook.\"}",
+            ))
+            .unwrap();
+        assert_eq!(
+            bom.id(),
+            "2",
+            "a UTF-8 byte-order mark is not malformed JSON"
+        );
         assert_eq!(
             c.decode(Some(b"{nope")).unwrap_err().reason,
             "malformed_json"

@@ -94,6 +94,10 @@ pub struct KafkaSection {
     /// Transactional id prefix (exactly-once); the default is `uwe-<pipeline>`.
     #[serde(default)]
     pub transactional_id: Option<String>,
+    /// Static group membership (`group.instance.id`): give each instance a stable id so a
+    /// restart keeps its partitions without a rebalance.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
     /// librdkafka options passed through to consumer and producer (SASL/SSL included).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -388,6 +392,9 @@ impl PipelineConfig {
         nonempty(&self.pipeline.name, "pipeline.name", &mut errs);
         nonempty(&self.kafka.brokers, "kafka.brokers", &mut errs);
         nonempty(&self.kafka.group_id, "kafka.group_id", &mut errs);
+        if let Some(id) = &self.kafka.group_instance_id {
+            nonempty(id, "kafka.group_instance_id", &mut errs);
+        }
         nonempty(&self.kafka.output_topic, "kafka.output_topic", &mut errs);
         nonempty(
             &self.kafka.dead_letter_topic,
@@ -567,6 +574,28 @@ k = 3
         assert_eq!(c.targets[0].alias_weight(), Some(DEFAULT_ALIAS_WEIGHT));
         let e = PipelineConfig::parse(&format!("{on}\nalias_weight = 1.5\n"), &[]).unwrap_err();
         assert!(e.contains("`targets[0].alias_weight`"), "{e}");
+    }
+
+    #[test]
+    fn static_membership_reaches_the_consumer_and_an_empty_id_is_refused() {
+        let c = PipelineConfig::parse(
+            MIN,
+            &[("UWE__KAFKA__GROUP_INSTANCE_ID".into(), "\"vac-1\"".into())],
+        )
+        .unwrap();
+        let cc = crate::connector::kafka::consumer_config(&c);
+        assert_eq!(cc.get("group.instance.id"), Some("vac-1"));
+        let plain = PipelineConfig::parse(MIN, &[]).unwrap();
+        assert_eq!(
+            crate::connector::kafka::consumer_config(&plain).get("group.instance.id"),
+            None
+        );
+        let e = PipelineConfig::parse(
+            MIN,
+            &[("UWE__KAFKA__GROUP_INSTANCE_ID".into(), "\" \"".into())],
+        )
+        .unwrap_err();
+        assert!(e.contains("kafka.group_instance_id"), "{e}");
     }
 
     #[test]

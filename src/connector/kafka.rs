@@ -35,12 +35,53 @@ impl ConsumerContext for Ctx {
         _: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
-            for e in tpl.elements() {
-                self.tracker.revoke(&(e.topic().to_string(), e.partition()));
+        match rebalance {
+            rdkafka::consumer::Rebalance::Revoke(tpl) => {
+                tracing::info!(pipeline = %self.pipeline, partitions = %partition_list(tpl), "partitions revoked");
+                for e in tpl.elements() {
+                    self.tracker.revoke(&(e.topic().to_string(), e.partition()));
+                }
             }
+            rdkafka::consumer::Rebalance::Error(e) => {
+                tracing::warn!(pipeline = %self.pipeline, error = %e, "rebalance failed; the group will retry");
+            }
+            rdkafka::consumer::Rebalance::Assign(_) => {}
         }
     }
+
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        // A restarted instance otherwise says nothing while it waits for the group.
+        if let rdkafka::consumer::Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(pipeline = %self.pipeline, partitions = %partition_list(tpl), "partitions assigned");
+        }
+    }
+}
+
+/// `topic[0,1,2] other[3]`: a partition list for the logs.
+fn partition_list(tpl: &rdkafka::TopicPartitionList) -> String {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for e in tpl.elements() {
+        by_topic
+            .entry(e.topic().to_string())
+            .or_default()
+            .push(e.partition());
+    }
+    if by_topic.is_empty() {
+        return "none".into();
+    }
+    by_topic
+        .into_iter()
+        .map(|(t, mut ps)| {
+            ps.sort_unstable();
+            let ps: Vec<String> = ps.iter().map(i32::to_string).collect();
+            format!("{t}[{}]", ps.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn base(cfg: &PipelineConfig) -> ClientConfig {
@@ -55,6 +96,11 @@ fn base(cfg: &PipelineConfig) -> ClientConfig {
 /// Consumer settings: offsets are stored by the pipeline only after delivery.
 pub fn consumer_config(cfg: &PipelineConfig) -> ClientConfig {
     let mut c = base(cfg);
+    if let Some(id) = &cfg.kafka.group_instance_id {
+        // Static membership: a restarted instance with the same id gets its partitions
+        // back without a rebalance (brokers that support KIP-345).
+        c.set("group.instance.id", id);
+    }
     c.set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
