@@ -196,27 +196,34 @@ pub fn evaluate(
         });
         let plan = enrich::plan(&ev, &cfgs);
         let embs = enc.encode(&plan.texts)?;
-        let labels = enrich::labels(
-            &plan,
-            &embs,
-            &targets,
-            serving.scorer,
-            serving.mentions.as_deref(),
-        );
-        let mut labels = labels.get(&target.cfg.name).cloned().unwrap_or_default();
-        if let (true, Mode::Mentions, Some(head)) =
-            (reencode_spans, target.cfg.mode, serving.mentions.as_deref())
-        {
-            // The alternative to ranking a span by its contextual token rows: the span's
-            // words encoded on their own, out of their sentence.
-            let units: Vec<&enrich::Unit> = plan.units.iter().collect();
-            let mut found = enrich::find_mentions(&units, &embs, head, target.cfg.max_mentions);
-            let texts: Vec<String> = found.iter().map(|m| m.evidence.text.clone()).collect();
-            for (m, e) in found.iter_mut().zip(enc.encode(&texts)?) {
-                m.embedding = (*e).clone();
+        // Mentions are found once: they give both the labels and the span scores.
+        let (labels, found) = match (target.cfg.mode, serving.mentions.as_deref()) {
+            (Mode::Mentions, Some(head)) => {
+                let units: Vec<&enrich::Unit> = plan.units.iter().collect();
+                let mut found = enrich::find_mentions(&units, &embs, head, target.cfg.max_mentions);
+                if reencode_spans {
+                    // The alternative to ranking a span by its contextual token rows: the
+                    // span's words encoded on their own, out of their sentence.
+                    let texts: Vec<String> =
+                        found.iter().map(|m| m.evidence.text.clone()).collect();
+                    for (m, e) in found.iter_mut().zip(enc.encode(&texts)?) {
+                        m.embedding = (*e).clone();
+                    }
+                }
+                let labels = enrich::mention_labels(&target, &found, serving.scorer, head);
+                (labels, Some(found))
             }
-            labels = enrich::mention_labels(&target, &found, serving.scorer, head);
-        }
+            _ => {
+                let mut all = enrich::labels(
+                    &plan,
+                    &embs,
+                    &targets,
+                    serving.scorer,
+                    serving.mentions.as_deref(),
+                );
+                (all.remove(&target.cfg.name).unwrap_or_default(), None)
+            }
+        };
         fn as_strs(v: &[String]) -> Vec<&str> {
             v.iter().map(String::as_str).collect()
         }
@@ -247,9 +254,7 @@ pub fn evaluate(
                 .count(),
             ..Default::default()
         };
-        if let (Mode::Mentions, Some(head)) = (target.cfg.mode, serving.mentions.as_deref()) {
-            let units: Vec<&enrich::Unit> = plan.units.iter().collect();
-            let found = enrich::find_mentions(&units, &embs, head, target.cfg.max_mentions);
+        if let Some(found) = &found {
             let pred: Vec<(usize, usize)> = found
                 .iter()
                 .map(|m| (m.evidence.start, m.evidence.end))
