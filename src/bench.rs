@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::connector::config::DEFAULT_ALIAS_WEIGHT;
-use crate::encoder::{runtime, Encoder, EncoderConfig};
+use crate::encoder::{runtime, Encoder, EncoderConfig, PrecisionChoice};
 use crate::error::{ModelError, Result};
 use crate::model::{graph, ModelDir, ScorerSpec};
 use crate::rank::rank;
@@ -50,28 +50,53 @@ fn bare(
     Ok((ids.len() as f64 / s, tokens as f64 / s))
 }
 
-/// Runs the benchmark and prints its figures.
+/// Resident set size of this process in MiB (Linux; 0 elsewhere).
+pub fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// The precisions a benchmark compares: those asked for, or f32 and (when the model has
+/// one) int8.
+pub fn precisions_of(dir: &ModelDir, asked: &[PrecisionChoice]) -> Vec<PrecisionChoice> {
+    if !asked.is_empty() {
+        return asked.to_vec();
+    }
+    let mut v = vec![PrecisionChoice::F32];
+    if dir.manifest.int8.is_some() {
+        v.push(PrecisionChoice::Int8);
+    }
+    v
+}
+
+/// Runs the benchmark and prints its figures: encoding in each of `precisions` (bare session
+/// and encoder, same texts, same run), then ranking with the encoder `cfg` serves.
 pub fn run_encoder_bench(
     cfg: &EncoderConfig,
     model: &Path,
     data_dir: &Path,
     cache_dir: &Path,
     n: usize,
+    precisions: &[PrecisionChoice],
 ) -> Result<()> {
     let dir = ModelDir::open(model)?;
     let mut cfg = cfg.clone();
     cfg.cache_bytes = 0;
     cfg.max_batch_size = 32;
     cfg.max_batch_tokens = 32 * 130;
-    let mut enc = Encoder::load(&dir, &cfg)?;
-    let (mut session, device) = runtime::build_session(&dir.onnx_path(), &cfg)?;
     let mut tok = tokenizers::Tokenizer::from_file(dir.tokenizer_path())
         .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
     tok.with_padding(None);
     let _ = tok.with_truncation(None);
     let cls = tok.token_to_id("[CLS]").unwrap_or(101);
     let sep = tok.token_to_id("[SEP]").unwrap_or(102);
-
     let skills = Arc::new(TargetSpace::resolve("esco-skills", data_dir)?);
     let occupations = TargetSpace::resolve("esco-occupations", data_dir)?;
     // Short texts: occupation alternative labels (job-title-like, about 5 to 12 tokens).
@@ -114,7 +139,7 @@ pub fn run_encoder_bench(
     let short_ids = ids(&short)?;
     let long_ids = ids(&long)?;
     println!(
-        "device: {device:?}, threads: {}, model: {} {}",
+        "threads: {}, model: {} {}",
         if cfg.intra_threads == 0 {
             "all".to_string()
         } else {
@@ -123,32 +148,75 @@ pub fn run_encoder_bench(
         dir.manifest.name,
         dir.manifest.version
     );
-    // Warm-up both.
-    bare(
-        &mut session,
-        &short_ids[..32.min(short_ids.len())],
-        32,
-        cls,
-        sep,
-    )?;
-    enc.encode(&short[..32.min(short.len())])?;
-    for (name, texts, tids) in [
-        ("short", &short, &short_ids),
-        ("128-token", &long, &long_ids),
-    ] {
-        let avg = tids.iter().map(|t| t.len() + 2).sum::<usize>() as f64 / tids.len().max(1) as f64;
-        let (bt, btok) = bare(&mut session, tids, 32, cls, sep)?;
-        let t0 = Instant::now();
-        enc.encode(texts)?;
-        let s = t0.elapsed().as_secs_f64();
-        let et = texts.len() as f64 / s;
+    // Single sentences, one call each: the latency an event with one short text sees.
+    let singles: Vec<String> = long
+        .iter()
+        .take(50)
+        .map(|t| t.split(". ").next().unwrap_or(t).to_string())
+        .collect();
+    let mut rows = Vec::new();
+    for &p in &precisions_of(&dir, precisions) {
+        let pcfg = EncoderConfig {
+            precision: p,
+            ..cfg.clone()
+        };
+        let rss0 = rss_mib();
+        let mut enc = Encoder::load(&dir, &pcfg)?;
+        let (mut session, device, precision) = runtime::build_session(&dir, &pcfg)?;
+        // Warm-up both.
+        bare(
+            &mut session,
+            &short_ids[..32.min(short_ids.len())],
+            32,
+            cls,
+            sep,
+        )?;
+        enc.encode(&short[..32.min(short.len())])?;
+        let mut row = vec![];
+        for (name, texts, tids) in [
+            ("short", &short, &short_ids),
+            ("128-token", &long, &long_ids),
+        ] {
+            let avg =
+                tids.iter().map(|t| t.len() + 2).sum::<usize>() as f64 / tids.len().max(1) as f64;
+            let (bt, btok) = bare(&mut session, tids, 32, cls, sep)?;
+            let t0 = Instant::now();
+            enc.encode(texts)?;
+            let s = t0.elapsed().as_secs_f64();
+            let et = texts.len() as f64 / s;
+            println!(
+                "{precision} {device:?} {name:>9} texts (n={}, {avg:.1} tokens avg), batch 32: bare session {bt:.0} texts/s {btok:.0} tokens/s | encoder (tokenisation included) {et:.0} texts/s {:.0} tokens/s | encoder/bare {:.3}",
+                texts.len(),
+                et * avg,
+                et / bt
+            );
+            row.push(et);
+        }
+        let mut lat: Vec<f64> = Vec::with_capacity(singles.len());
+        for s in &singles {
+            let t0 = Instant::now();
+            enc.encode(&[s.as_str()])?;
+            lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        lat.sort_by(f64::total_cmp);
+        let rss = rss_mib();
         println!(
-            "{name:>9} texts (n={}, {avg:.1} tokens avg), batch 32: bare session {bt:.0} texts/s {btok:.0} tokens/s | encoder (tokenisation included) {et:.0} texts/s {:.0} tokens/s | encoder/bare {:.3}",
-            texts.len(),
-            et * avg,
-            et / bt
+            "{precision} {device:?} one sentence per call (n={}): p50 {:.2} ms, p95 {:.2} ms | RSS {rss:.0} MiB ({:+.0} MiB for encoder and bare session)",
+            singles.len(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.95),
+            rss - rss0
+        );
+        rows.push((precision, row));
+    }
+    if let [(p0, a), (p1, b), ..] = &rows[..] {
+        println!(
+            "encoder texts/s {p1} / {p0}: short {:.3}, 128-token {:.3} (same run, same texts)",
+            b[0] / a[0],
+            b[1] / a[1]
         );
     }
+    let mut enc = Encoder::load(&dir, &cfg)?;
 
     // Ranking one sentence against all skills, beside encoding it.
     let space = cache::load_or_encode(skills, &mut enc, cache_dir, true)?;
@@ -243,6 +311,9 @@ pub struct PipelineBench {
     /// Modes of the skills target, measured one after the other in this run (each on its
     /// own topics), so their ratio is not skewed by a noisy machine.
     pub skill_modes: Vec<crate::connector::config::Mode>,
+    /// Precisions to measure, each with every skills mode (empty: f32, and int8 when the
+    /// model has it).
+    pub precisions: Vec<PrecisionChoice>,
 }
 
 /// What one connector run measured.
@@ -251,6 +322,8 @@ struct ConnectorRun {
     tps: f64,
     n_texts: usize,
     latencies: Vec<f64>,
+    /// Largest resident set size seen while the connector ran, MiB.
+    peak_rss: f64,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -280,36 +353,59 @@ pub async fn run_pipeline_bench(o: PipelineBench) -> anyhow::Result<()> {
     } else {
         o.skill_modes.clone()
     };
+    let precisions = precisions_of(&ModelDir::open(&o.model)?, &o.precisions);
     let mut runs = Vec::new();
-    for &mode in &modes {
-        let r = run_connector(&o, &events, mode).await?;
-        let mut lat = r.latencies.clone();
-        lat.sort_by(f64::total_cmp);
-        println!(
-            "connector (skills mode {mode:?}): {} events, {} texts: {:.1} records/s, {:.0} texts/s (after the first batch) | end-to-end latency p50 {:.2} s, p95 {:.2} s, p99 {:.2} s (events were all queued before start)",
-            o.events,
-            r.n_texts,
-            r.rps,
-            r.tps,
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.95),
-            percentile(&lat, 0.99)
-        );
-        runs.push((mode, r));
+    for &precision in &precisions {
+        for &mode in &modes {
+            let r = run_connector(&o, &events, mode, precision).await?;
+            let mut lat = r.latencies.clone();
+            lat.sort_by(f64::total_cmp);
+            println!(
+                "connector ({precision:?}, skills mode {mode:?}): {} events, {} texts: {:.1} records/s, {:.0} texts/s (after the first batch) | end-to-end latency p50 {:.2} s, p95 {:.2} s, p99 {:.2} s (events were all queued before start) | peak RSS {:.0} MiB",
+                o.events,
+                r.n_texts,
+                r.rps,
+                r.tps,
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.95),
+                percentile(&lat, 0.99),
+                r.peak_rss
+            );
+            runs.push((precision, mode, r));
+        }
     }
-    if let [(m0, a), (m1, b), ..] = &runs[..] {
-        println!(
-            "records/s {m1:?} / {m0:?}: {:.3} (same run, same events)",
-            b.rps / a.rps
-        );
+    let rps = |p: PrecisionChoice, m: Mode| {
+        runs.iter()
+            .find(|(rp, rm, _)| *rp == p && *rm == m)
+            .map(|(_, _, r)| r.rps)
+    };
+    for &p in &precisions {
+        if let [m0, m1, ..] = modes[..] {
+            if let (Some(a), Some(b)) = (rps(p, m0), rps(p, m1)) {
+                println!(
+                    "records/s {p:?}: {m1:?} / {m0:?}: {:.3} (same run, same events)",
+                    b / a
+                );
+            }
+        }
+    }
+    if let [p0, p1, ..] = precisions[..] {
+        for &m in &modes {
+            if let (Some(a), Some(b)) = (rps(p0, m), rps(p1, m)) {
+                println!(
+                    "records/s {m:?}: {p1:?} / {p0:?}: {:.3} (same run, same events)",
+                    b / a
+                );
+            }
+        }
     }
 
     // The same texts as the first run through a bare encoder (no broker, no ranking).
-    let (first_mode, first) = &runs[0];
-    let cfg = bench_config(&o, "bare", *first_mode)?;
+    let (first_precision, first_mode, first) = &runs[0];
+    let cfg = bench_config(&o, "bare", *first_mode, *first_precision)?;
     let plans = plans_of(&cfg, &events)?;
     let dir = ModelDir::open(&o.model)?;
-    let mut ecfg = o.encoder.clone();
+    let mut ecfg = cfg.encoder.clone();
     ecfg.cache_bytes = 0;
     let mut enc = Encoder::load(&dir, &ecfg)?;
     let texts: Vec<&str> = plans
@@ -323,7 +419,7 @@ pub async fn run_pipeline_bench(o: PipelineBench) -> anyhow::Result<()> {
     }
     let bare_tps = texts.len() as f64 / t0.elapsed().as_secs_f64();
     println!(
-        "bare encoder, same texts: {bare_tps:.0} texts/s | connector ({first_mode:?}) / bare encoder: {:.3}",
+        "bare encoder ({first_precision:?}), same texts: {bare_tps:.0} texts/s | connector ({first_precision:?}, {first_mode:?}) / bare encoder: {:.3}",
         first.tps / bare_tps
     );
     Ok(())
@@ -334,6 +430,7 @@ fn bench_config(
     o: &PipelineBench,
     tag: &str,
     mode: crate::connector::config::Mode,
+    precision: PrecisionChoice,
 ) -> anyhow::Result<crate::connector::config::PipelineConfig> {
     let mode = serde_json::to_value(mode)?;
     let toml = format!(
@@ -374,6 +471,7 @@ listen = ""
         .map_err(|e| anyhow::anyhow!(e))?;
     cfg.encoder = o.encoder.clone();
     cfg.encoder.cache_bytes = 0;
+    cfg.encoder.precision = precision;
     cfg.model.dir = o.model.clone();
     cfg.model.data_dir = o.data_dir.clone();
     Ok(cfg)
@@ -400,17 +498,21 @@ async fn run_connector(
     o: &PipelineBench,
     events: &[serde_json::Value],
     mode: crate::connector::config::Mode,
+    precision: PrecisionChoice,
 ) -> anyhow::Result<ConnectorRun> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::Message;
 
     let tag = format!(
-        "{}-{}",
+        "{}-{}-{}",
         std::process::id(),
-        serde_json::to_value(mode)?.as_str().unwrap_or("mode")
+        serde_json::to_value(mode)?.as_str().unwrap_or("mode"),
+        serde_json::to_value(precision)?
+            .as_str()
+            .unwrap_or("precision")
     );
-    let cfg = bench_config(o, &tag, mode)?;
+    let cfg = bench_config(o, &tag, mode, precision)?;
     let (input, output, dlq) = (
         cfg.kafka.input_topics[0].clone(),
         cfg.kafka.output_topic.clone(),
@@ -463,7 +565,9 @@ async fn run_connector(
     let mut arrivals = Vec::with_capacity(o.events);
     let mut latencies = Vec::with_capacity(o.events);
     let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut peak_rss = rss_mib();
     while arrivals.len() < o.events && Instant::now() < deadline {
+        peak_rss = peak_rss.max(rss_mib());
         let m = tokio::time::timeout(Duration::from_secs(120), reader.recv()).await??;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
@@ -500,6 +604,7 @@ async fn run_connector(
         tps,
         n_texts,
         latencies,
+        peak_rss,
     })
 }
 

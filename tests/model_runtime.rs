@@ -236,3 +236,131 @@ fn tokenizer_model_mismatch_is_refused() {
         .expect("mismatch refused");
     assert!(e.to_string().contains("do not match"), "{e}");
 }
+
+/// Builds the base model again, with its int8 graph, into a temporary directory.
+fn base_with_int8() -> (tempfile::TempDir, ModelDir) {
+    let base = root().join(".uwe/base");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = uwe_connect::model::BuildSpec {
+        config: base.join("config.json"),
+        weights: base.join("model.safetensors"),
+        tokenizer: base.join("tokenizer.json"),
+        trained: None,
+        name: "int8-test".into(),
+        version: "int8-test-1".into(),
+        base_model: "all-MiniLM-L6-v2".into(),
+        max_seq_len: 256,
+        scorer: ScorerSpec::Pooled,
+        target_text: Default::default(),
+        training_data: vec![],
+        dev_scores: Default::default(),
+        mentions: None,
+        int8: true,
+    };
+    let m = uwe_connect::model::build_model_dir(&spec, &dir.path().join("m")).unwrap();
+    (dir, m)
+}
+
+#[test]
+fn int8_graph_is_close_to_f32_is_served_only_when_asked_and_caches_apart() {
+    use uwe_connect::encoder::PrecisionChoice;
+    use uwe_connect::model::Precision;
+    let (_tmp, m) = base_with_int8();
+    // The f32 graph beside it is byte for byte the one written without int8.
+    assert_eq!(
+        m.manifest.files["model.onnx"],
+        open_base().manifest.files["model.onnx"]
+    );
+    let load = |p: PrecisionChoice| {
+        Encoder::load(
+            &m,
+            &uwe_connect::encoder::EncoderConfig {
+                precision: p,
+                ..cpu_config()
+            },
+        )
+        .unwrap()
+    };
+    let mut f = load(PrecisionChoice::F32);
+    let mut q = load(PrecisionChoice::Int8);
+    assert_eq!(f.precision(), Precision::F32);
+    assert_eq!(q.precision(), Precision::Int8);
+    assert_eq!(load(PrecisionChoice::Auto).precision(), Precision::Int8);
+    // Default settings keep f32.
+    assert_eq!(
+        Encoder::load(&m, &cpu_config()).unwrap().precision(),
+        Precision::F32
+    );
+    assert_ne!(
+        f.model_key(),
+        q.model_key(),
+        "int8 and f32 share a cache key"
+    );
+    let texts = [
+        "Experience with Docker and Kubernetes",
+        "You will manage a small team of nurses",
+        "Fluent German and English, written and spoken",
+        "Accountant",
+    ];
+    let a = f.encode(&texts).unwrap();
+    let b = q.encode(&texts).unwrap();
+    let mut identical = true;
+    for ((t, x), y) in texts.iter().zip(&a).zip(&b) {
+        let c = cos(&x.pooled, &y.pooled);
+        assert!(c > 0.97, "int8 pooled cosine {c} for {t:?}");
+        assert_eq!(x.n_tokens, y.n_tokens);
+        identical &= c > 0.999999;
+    }
+    assert!(
+        !identical,
+        "the int8 encoder computed exactly the f32 embeddings"
+    );
+}
+
+#[test]
+fn int8_asked_of_a_model_without_it_names_the_fix() {
+    use uwe_connect::encoder::PrecisionChoice;
+    let cfg = uwe_connect::encoder::EncoderConfig {
+        precision: PrecisionChoice::Int8,
+        ..cpu_config()
+    };
+    let e = Encoder::load(&open_base(), &cfg)
+        .err()
+        .expect("no int8 graph");
+    assert!(e.to_string().contains("--quantize int8"), "{e}");
+    // auto falls back to f32 there.
+    let auto = uwe_connect::encoder::EncoderConfig {
+        precision: PrecisionChoice::Auto,
+        ..cpu_config()
+    };
+    let enc = Encoder::load(&open_base(), &auto).unwrap();
+    assert_eq!(enc.precision(), uwe_connect::model::Precision::F32);
+}
+
+#[test]
+fn int8_graph_attached_later_is_the_one_built_with_the_model() {
+    let (_tmp, built) = base_with_int8();
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    let base = root().join(".uwe/base");
+    let m = uwe_connect::model::attach_int8(
+        dir.path(),
+        &base.join("config.json"),
+        &base.join("model.safetensors"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        m.manifest.files["model.int8.onnx"],
+        built.manifest.files["model.int8.onnx"]
+    );
+    // Weights the model was not built from are refused.
+    let e = uwe_connect::model::attach_int8(
+        dir.path(),
+        &base.join("config.json"),
+        &base.join("tokenizer.json"),
+        None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not the ones"), "{e}");
+}

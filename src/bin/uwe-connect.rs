@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use uwe_connect::connector::config::Mode;
 use uwe_connect::connector::{http, PipelineConfig};
-use uwe_connect::encoder::{Device, Encoder, EncoderConfig};
+use uwe_connect::encoder::{Device, Encoder, EncoderConfig, PrecisionChoice};
 use uwe_connect::model::{self, BuildSpec, ModelDir, ScorerSpec, TargetText};
 use uwe_connect::space::{cache, TargetSpace};
 use uwe_connect::{eval, rank};
@@ -33,6 +33,9 @@ struct RuntimeArgs {
     /// auto, cpu or cuda.
     #[arg(long, env = "UWE_DEVICE", default_value = "auto")]
     device: Device,
+    /// f32, int8 (CPU only), or auto (int8 on CPU when the model has an int8 graph).
+    #[arg(long, env = "UWE_PRECISION", default_value = "f32")]
+    precision: PrecisionChoice,
     /// Intra-op threads (0: one per core).
     #[arg(long, env = "UWE_THREADS", default_value_t = 0)]
     threads: usize,
@@ -60,6 +63,7 @@ impl RuntimeArgs {
     fn encoder_config(&self) -> EncoderConfig {
         EncoderConfig {
             device: self.device,
+            precision: self.precision,
             intra_threads: self.threads,
             onnxruntime: self.ort_lib.clone(),
             ..Default::default()
@@ -107,6 +111,11 @@ struct ScorerArgs {
     /// Pooled candidates reranked by late interaction (0: exhaustive).
     #[arg(long)]
     rerank_top: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum QuantizeKind {
+    Int8,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -231,6 +240,10 @@ enum Cmd {
         /// token embeddings (the comparison the README reports).
         #[arg(long, requires = "postings")]
         reencode_spans: bool,
+        /// Score the model's f32 and int8 graphs on the same queries and print both, with
+        /// the MAP change and its paired 95% bootstrap interval.
+        #[arg(long, conflicts_with = "postings")]
+        compare_precision: bool,
         #[command(flatten)]
         scorer: ScorerArgs,
         #[command(flatten)]
@@ -295,6 +308,10 @@ enum Cmd {
         temperature: f32,
         #[arg(long, default_value_t = 100)]
         rerank_top: usize,
+        /// Also write an int8 graph (model.int8.onnx), served on CPU by default: linear
+        /// weights per output channel, activations quantised per call.
+        #[arg(long, value_enum)]
+        quantize: Option<QuantizeKind>,
     },
     /// Convert a public dev set into a task file.
     ///
@@ -342,6 +359,10 @@ enum Cmd {
         /// Modes of the skills target to measure one after the other (pipeline).
         #[arg(long, value_delimiter = ',', default_value = "sentences,mentions")]
         skill_modes: Vec<String>,
+        /// Precisions to compare in the same run (encoder, pipeline): f32, int8; default
+        /// f32 and, when the model has an int8 graph, int8.
+        #[arg(long, value_delimiter = ',')]
+        precisions: Vec<PrecisionChoice>,
         /// Pipeline file whose target spaces a swap embeds (swap).
         #[arg(long, default_value = "connectors/vacancies.toml")]
         pipeline: PathBuf,
@@ -580,6 +601,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tasks,
             scorer,
             rt,
+            compare_precision: true,
+            ..
+        } => {
+            let (space, tasks) = (
+                space.expect("clap requires --space"),
+                tasks.expect("clap requires --tasks"),
+            );
+            let t = eval::read_tasks(&tasks)?;
+            let mut out = serde_json::Map::new();
+            let mut scores = Vec::new();
+            for p in [PrecisionChoice::F32, PrecisionChoice::Int8] {
+                let rt = RuntimeArgs {
+                    precision: p,
+                    device: Device::Cpu,
+                    ..rt.clone()
+                };
+                let mut enc = rt.load_encoder()?;
+                let s = scorer.resolve(enc.manifest());
+                let sp = rt.load_space(&space, &mut enc)?;
+                let q = eval::score_queries(&mut enc, &sp, &t, s, true)?;
+                out.insert(
+                    enc.precision().to_string(),
+                    serde_json::to_value(q.report())?,
+                );
+                out.insert("model".into(), enc.manifest().version.clone().into());
+                out.insert("scorer".into(), serde_json::to_value(s)?);
+                scores.push(q);
+            }
+            let (d, ci) = eval::map_delta(&scores[0], &scores[1]);
+            out.insert("space".into(), space.into());
+            out.insert("map_delta".into(), d.into());
+            out.insert("map_delta_ci95".into(), serde_json::to_value(ci)?);
+            println!("{}", serde_json::Value::Object(out));
+        }
+        Cmd::Eval {
+            space,
+            tasks,
+            scorer,
+            rt,
             ..
         } => {
             let (space, tasks) = (
@@ -667,6 +727,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             scorer,
             temperature,
             rerank_top,
+            quantize,
         } => {
             let mut spec = BuildSpec {
                 config,
@@ -688,6 +749,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 training_data: vec![],
                 dev_scores: Default::default(),
                 mentions: None,
+                int8: quantize == Some(QuantizeKind::Int8),
             };
             let recorded = match &manifest_from {
                 Some(p) => {
@@ -725,6 +787,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let dir = model::build_model_dir(&spec, &out)?;
             if let Some(m) = recorded {
+                // The graphs are written deterministically from the weights: the f32 one
+                // must hash as recorded (the int8 one is derived from the same weights).
                 if m.files.get(model::ONNX_FILE) != dir.manifest.files.get(model::ONNX_FILE) {
                     std::fs::remove_dir_all(&out).ok();
                     bail!(
@@ -734,12 +798,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             eprintln!(
-                "built {} ({} {}, dim {}, window {})",
+                "built {} ({} {}, dim {}, window {}{})",
                 dir.path.display(),
                 dir.manifest.name,
                 dir.manifest.version,
                 dir.manifest.dim,
-                dir.manifest.max_seq_len
+                dir.manifest.max_seq_len,
+                if dir.manifest.int8.is_some() {
+                    ", with an int8 graph"
+                } else {
+                    ""
+                }
             );
         }
         Cmd::Convert {
@@ -790,6 +859,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             kind: BenchKind::Encoder,
             n,
+            precisions,
             rt,
             ..
         } => uwe_connect::bench::run_encoder_bench(
@@ -798,6 +868,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &rt.data_dir,
             &rt.cache_dir(),
             n,
+            &precisions,
         )?,
         Cmd::Bench {
             kind: BenchKind::Swap,
@@ -816,6 +887,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             brokers,
             max_batch_tokens,
             skill_modes,
+            precisions,
             rt,
             ..
         } => {
@@ -838,6 +910,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 model: rt.model.clone(),
                 data_dir: rt.data_dir.clone(),
                 max_batch_tokens,
+                precisions,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -2,7 +2,7 @@
 //! publishes it into the model registry the connector watches.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -398,18 +398,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         late,
         training_data,
     )?;
+    // A candidate has an int8 graph when the model it would replace has one, so a connector
+    // that opted into int8 keeps serving it after a hot swap.
+    let cand = match ModelDir::open(&current_dir(current.as_deref(), &registry)) {
+        Ok(d) if d.manifest.int8.is_some() => model::attach_int8(
+            &cand.path,
+            &base_files.join("config.json"),
+            &base_files.join("model.safetensors"),
+            Some(&trained_path),
+        )?,
+        _ => cand,
+    };
     std::fs::rename(&trained_path, staging.join(train::TRAINED_FILE))?;
 
     // Gate: the candidate, with its better scorer, against the current model with its own.
     let cache_dir = cache::default_cache_dir();
     let tasks = train::default_dev_tasks(&data_dir);
-    let current = current.unwrap_or_else(|| {
-        if registry.join("current").exists() {
-            registry.join("current")
-        } else {
-            PathBuf::from("models/default")
-        }
-    });
+    let current = current.unwrap_or_else(|| current_dir(None, &registry));
     let cur_dir =
         ModelDir::open(&current).with_context(|| format!("current model {}", current.display()))?;
     // A tagger reads the token embeddings the new layers changed: a current model with one
@@ -527,4 +532,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("announced on {control_topic}");
     }
     Ok(())
+}
+
+/// The model a candidate would replace: `--current`, else the registry's `current`, else
+/// `models/default`.
+fn current_dir(current: Option<&Path>, registry: &Path) -> PathBuf {
+    match current {
+        Some(c) => c.to_path_buf(),
+        None if registry.join("current").exists() => registry.join("current"),
+        None => PathBuf::from("models/default"),
+    }
 }

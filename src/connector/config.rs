@@ -390,6 +390,13 @@ impl PipelineConfig {
             }
         };
         nonempty(&self.pipeline.name, "pipeline.name", &mut errs);
+        if self.encoder.device == crate::encoder::Device::Cuda
+            && self.encoder.precision == crate::encoder::PrecisionChoice::Int8
+        {
+            errs.push(
+                "`encoder.precision` = \"int8\" runs on CPU only, but `encoder.device` = \"cuda\": use precision \"f32\" or \"auto\" on CUDA".into(),
+            );
+        }
         nonempty(&self.kafka.brokers, "kafka.brokers", &mut errs);
         nonempty(&self.kafka.group_id, "kafka.group_id", &mut errs);
         if let Some(id) = &self.kafka.group_instance_id {
@@ -537,6 +544,22 @@ k = 3
     fn unknown_key_is_named() {
         let e = PipelineConfig::parse(&MIN.replace("k = 3", "k = 3\nkk = 1"), &[]).unwrap_err();
         assert!(e.contains("kk"), "{e}");
+    }
+
+    #[test]
+    fn precision_defaults_to_f32_and_int8_is_refused_on_cuda() {
+        use crate::encoder::PrecisionChoice;
+        let c = PipelineConfig::parse(MIN, &[]).unwrap();
+        assert_eq!(c.encoder.precision, PrecisionChoice::F32);
+        let env = |v: &str| ("UWE__ENCODER__PRECISION".to_string(), v.to_string());
+        let c = PipelineConfig::parse(MIN, &[env("\"int8\"")]).unwrap();
+        assert_eq!(c.encoder.precision, PrecisionChoice::Int8);
+        let cuda = format!("{MIN}[encoder]\ndevice = \"cuda\"\nprecision = \"int8\"\n");
+        let e = PipelineConfig::parse(&cuda, &[]).unwrap_err();
+        assert!(e.contains("`encoder.precision`"), "{e}");
+        let e = PipelineConfig::parse(&format!("{MIN}[encoder]\nprecision = \"fp16\"\n"), &[])
+            .unwrap_err();
+        assert!(e.contains("precision") || e.contains("fp16"), "{e}");
     }
 
     #[test]

@@ -16,9 +16,9 @@ use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use crate::error::{ModelError, Result};
-use crate::model::{graph, Manifest, ModelDir};
+use crate::model::{graph, Manifest, ModelDir, Precision};
 use crate::text::sentence_spans;
-pub use runtime::Device;
+pub use runtime::{Device, PrecisionChoice};
 
 /// Byte range `(start, end)` of each token row of a text, in the text.
 pub type TokenOffsets = Vec<(u32, u32)>;
@@ -58,6 +58,8 @@ impl TextEmbedding {
 pub struct EncoderConfig {
     /// `auto`, `cpu` or `cuda`.
     pub device: Device,
+    /// `f32` (default), `int8` (CPU only), or `auto` (int8 on CPU when the model has it).
+    pub precision: PrecisionChoice,
     /// Intra-op threads on CPU; 0 means one per available core.
     pub intra_threads: usize,
     /// Token budget of one batch, padding included.
@@ -76,6 +78,7 @@ impl Default for EncoderConfig {
     fn default() -> Self {
         EncoderConfig {
             device: Device::Auto,
+            precision: PrecisionChoice::F32,
             intra_threads: 0,
             max_batch_tokens: 8192,
             max_batch_size: 128,
@@ -103,6 +106,7 @@ pub struct Encoder {
     pad: u32,
     cache: Option<moka::sync::Cache<String, Arc<TextEmbedding>>>,
     device: Device,
+    precision: Precision,
 }
 
 impl Encoder {
@@ -134,7 +138,8 @@ impl Encoder {
                 manifest.bert.vocab_size
             )));
         }
-        let (session, device) = runtime::build_session(&model.onnx_path(), cfg)?;
+        let (session, device, precision) = runtime::build_session(model, cfg)?;
+        tracing::info!(model = %manifest.version, ?device, %precision, "encoder loaded");
         let cache = (cfg.cache_bytes > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(cfg.cache_bytes)
@@ -153,6 +158,7 @@ impl Encoder {
             pad,
             cache,
             device,
+            precision,
         };
         Ok(enc)
     }
@@ -165,6 +171,17 @@ impl Encoder {
     /// The device the session runs on.
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// The precision of the graph served.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Identity of what this encoder computes (graph served, tokenizer, target text): the
+    /// key of target-space caches.
+    pub fn model_key(&self) -> String {
+        self.manifest.model_key(self.precision)
     }
 
     /// Number of word pieces of `text` (special tokens excluded).

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EncoderConfig;
 use crate::error::{ModelError, Result};
+use crate::model::{ModelDir, Precision};
 
 /// Where inference runs.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -30,6 +31,52 @@ impl std::str::FromStr for Device {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda),
             other => Err(format!("unknown device {other:?}: use auto, cpu or cuda")),
+        }
+    }
+}
+
+/// Which graph of a model directory the encoder serves (`encoder.precision`).
+///
+/// The default is f32: the int8 graph is about twice as fast on CPU but lost more than the
+/// 0.5 MAP a default may lose on one dev task (BENCHMARKS.md, "int8"), so it is opt-in.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionChoice {
+    /// The int8 graph on CPU when the model has one, f32 otherwise and on CUDA.
+    Auto,
+    /// Always the f32 graph.
+    #[default]
+    F32,
+    /// The int8 graph (CPU only), or a clear error when the model has none.
+    Int8,
+}
+
+impl std::str::FromStr for PrecisionChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(PrecisionChoice::Auto),
+            "f32" => Ok(PrecisionChoice::F32),
+            "int8" => Ok(PrecisionChoice::Int8),
+            other => Err(format!(
+                "unknown precision {other:?}: use auto, f32 or int8"
+            )),
+        }
+    }
+}
+
+impl PrecisionChoice {
+    /// The precision served on CPU for `model`.
+    fn on_cpu(self, model: &ModelDir) -> Result<Precision> {
+        let has_int8 = model.manifest.int8.is_some();
+        match self {
+            PrecisionChoice::Auto if has_int8 => Ok(Precision::Int8),
+            PrecisionChoice::Auto | PrecisionChoice::F32 => Ok(Precision::F32),
+            PrecisionChoice::Int8 if has_int8 => Ok(Precision::Int8),
+            PrecisionChoice::Int8 => Err(ModelError::Manifest {
+                path: model.path.join(crate::model::MANIFEST_FILE),
+                msg: "encoder.precision = \"int8\" but the model has no int8 graph; rebuild it with `uwe-connect build-model --quantize int8`, or set precision = \"auto\"".into(),
+            }),
         }
     }
 }
@@ -97,9 +144,13 @@ fn session(
     b.commit_from_file(path)
 }
 
-/// Builds a session for the ONNX file at `path` on the configured device, returning the
-/// device actually used.
-pub fn build_session(path: &Path, cfg: &EncoderConfig) -> Result<(Session, Device)> {
+/// Builds a session for `model` on the configured device and precision, returning the
+/// device and precision actually used. CUDA always runs the f32 graph: the int8 graph's
+/// operators have CPU kernels only.
+pub fn build_session(
+    model: &ModelDir,
+    cfg: &EncoderConfig,
+) -> Result<(Session, Device, Precision)> {
     let env = environment(cfg)?;
     let threads = if cfg.intra_threads == 0 {
         std::thread::available_parallelism()
@@ -108,25 +159,42 @@ pub fn build_session(path: &Path, cfg: &EncoderConfig) -> Result<(Session, Devic
     } else {
         cfg.intra_threads
     };
-    let load_err = |e: ort::Error| {
-        ModelError::Runtime(format!(
-            "{}: cannot load the model: {e}. The file may be corrupt: rebuild the model directory",
-            path.display()
-        ))
+    let load_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: ort::Error| {
+            ModelError::Runtime(format!(
+                "{}: cannot load the model: {e}. The file may be corrupt: rebuild the model directory",
+                path.display()
+            ))
+        }
     };
+    let cpu = || -> Result<(Session, Device, Precision)> {
+        let p = cfg.precision.on_cpu(model)?;
+        let path = model
+            .graph_path(p)
+            .expect("on_cpu checked the graph exists");
+        let s = session(env, &path, threads, false).map_err(load_err(&path))?;
+        Ok((s, Device::Cpu, p))
+    };
+    let f32_path = model.onnx_path();
     match cfg.device {
-        Device::Cpu => Ok((session(env, path, threads, false).map_err(load_err)?, Device::Cpu)),
-        Device::Cuda => match session(env, path, threads, true) {
-            Ok(s) => Ok((s, Device::Cuda)),
+        Device::Cpu => cpu(),
+        Device::Cuda if cfg.precision == PrecisionChoice::Int8 => Err(ModelError::Device(
+            "device = \"cuda\" with precision = \"int8\": the int8 graph runs on CPU only; set precision = \"auto\" or \"f32\"".into(),
+        )),
+        Device::Cuda => match session(env, &f32_path, threads, true) {
+            Ok(s) => Ok((s, Device::Cuda, Precision::F32)),
             Err(e) => Err(ModelError::Device(format!(
                 "device = \"cuda\" but the CUDA execution provider could not start: {e}. Use the onnxruntime-gpu library (ORT_DYLIB_PATH) with CUDA 13 and cuDNN 9, or set device = \"auto\""
             ))),
         },
-        Device::Auto => match session(env, path, threads, true) {
-            Ok(s) => Ok((s, Device::Cuda)),
+        // An explicit int8 choice is a CPU choice.
+        Device::Auto if cfg.precision == PrecisionChoice::Int8 => cpu(),
+        Device::Auto => match session(env, &f32_path, threads, true) {
+            Ok(s) => Ok((s, Device::Cuda, Precision::F32)),
             Err(e) => {
                 tracing::warn!(error = %e, "CUDA unavailable, running on CPU");
-                Ok((session(env, path, threads, false).map_err(load_err)?, Device::Cpu))
+                cpu()
             }
         },
     }

@@ -81,6 +81,46 @@ pub fn evaluate(
     scorer: ScorerSpec,
     progress: bool,
 ) -> Result<Report> {
+    let q = score_queries(encoder, space, tasks, scorer, progress)?;
+    Ok(q.report())
+}
+
+/// Per-query scores of one evaluation: the material of a [`Report`] and of paired
+/// comparisons between two models on the same queries.
+#[derive(Debug, Clone)]
+pub struct QueryScores {
+    /// AP, RP@5, RP@10 and reciprocal rank of each evaluated query, in task order.
+    pub queries: Vec<[f64; 4]>,
+    /// Queries skipped: none of their relevant ids is in the space.
+    pub skipped: usize,
+}
+
+impl QueryScores {
+    /// The means, in percent.
+    pub fn report(&self) -> Report {
+        let n = self.queries.len().max(1) as f64;
+        let mean = |i: usize| {
+            (self.queries.iter().map(|q| q[i]).sum::<f64>() / n * 10000.0).round() / 100.0
+        };
+        Report {
+            n: self.queries.len(),
+            skipped: self.skipped,
+            map: mean(0),
+            rp5: mean(1),
+            rp10: mean(2),
+            mrr: mean(3),
+        }
+    }
+}
+
+/// Scores every query of `tasks` against `space` with `scorer`.
+pub fn score_queries(
+    encoder: &mut Encoder,
+    space: &EncodedSpace,
+    tasks: &[Task],
+    scorer: ScorerSpec,
+    progress: bool,
+) -> Result<QueryScores> {
     let index: HashMap<&str, usize> = space
         .space
         .concepts
@@ -105,7 +145,7 @@ pub fn evaluate(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let (mut map, mut rp5, mut rp10, mut mrr) = (0f64, 0f64, 0f64, 0f64);
+    let mut queries = Vec::with_capacity(kept.len());
     for chunk in kept.chunks(256) {
         let texts: Vec<&str> = chunk.iter().map(|(t, _)| t.query.as_str()).collect();
         let embs = encoder.encode(&texts)?;
@@ -118,24 +158,52 @@ pub fn evaluate(
                 .map(|(r, _)| r)
                 .collect();
             let (a, b, c, d) = query_metrics(ranks, rel.len());
-            map += a;
-            rp5 += b;
-            rp10 += c;
-            mrr += d;
+            queries.push([a, b, c, d]);
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let n = kept.len().max(1) as f64;
-    let pct = |x: f64| (x / n * 10000.0).round() / 100.0;
-    Ok(Report {
-        n: kept.len(),
-        skipped,
-        map: pct(map),
-        rp5: pct(rp5),
-        rp10: pct(rp10),
-        mrr: pct(mrr),
-    })
+    Ok(QueryScores { queries, skipped })
+}
+
+/// MAP of `b` minus MAP of `a` on the same queries, in points, with its paired 95%
+/// bootstrap interval (queries resampled together).
+pub fn map_delta(a: &QueryScores, b: &QueryScores) -> (f64, [f64; 2]) {
+    let d: Vec<f64> = a
+        .queries
+        .iter()
+        .zip(&b.queries)
+        .map(|(x, y)| (y[0] - x[0]) * 100.0)
+        .collect();
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+    let r2 = |x: f64| (x * 100.0).round() / 100.0;
+    let [lo, hi] = bootstrap(&d, mean);
+    (r2(mean(&d)), [r2(lo), r2(hi)])
+}
+
+/// 95% percentile-bootstrap interval of `stat` over `items` (1,000 resamples, fixed seed so
+/// a report can be reproduced).
+pub fn bootstrap<T: Copy>(items: &[T], stat: impl Fn(&[T]) -> f64) -> [f64; 2] {
+    if items.is_empty() {
+        return [0.0, 0.0];
+    }
+    let mut rng: u64 = 0x9e3779b97f4a7c15;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut stats: Vec<f64> = (0..1000)
+        .map(|_| {
+            let sample: Vec<T> = (0..items.len())
+                .map(|_| items[(next() % items.len() as u64) as usize])
+                .collect();
+            stat(&sample)
+        })
+        .collect();
+    stats.sort_by(f64::total_cmp);
+    [stats[24], stats[974]]
 }
 
 /// Converts skill-extraction annotation CSVs (`sentence,span,sub_span,label`, labels are

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::bootstrap;
 use crate::connector::config::{Mode, TargetSection};
 use crate::connector::enrich::{self, Target};
 use crate::connector::event::{Event, Vacancy};
@@ -339,30 +340,6 @@ pub fn evaluate(
             })
         }),
     })
-}
-
-/// 95% percentile interval of `stat` over 1,000 resamples of `items` (fixed seed).
-fn bootstrap<T: Copy>(items: &[T], stat: impl Fn(&[T]) -> f64) -> [f64; 2] {
-    if items.is_empty() {
-        return [0.0, 0.0];
-    }
-    let mut rng: u64 = 0x9e3779b97f4a7c15;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let mut stats: Vec<f64> = (0..1000)
-        .map(|_| {
-            let sample: Vec<T> = (0..items.len())
-                .map(|_| items[(next() % items.len() as u64) as usize])
-                .collect();
-            stat(&sample)
-        })
-        .collect();
-    stats.sort_by(f64::total_cmp);
-    [stats[24], stats[974]]
 }
 
 #[cfg(test)]

@@ -54,6 +54,59 @@ fn default_act() -> String {
     "gelu".into()
 }
 
+/// Domain of ONNX Runtime's contrib operators (`DynamicQuantizeMatMul`).
+pub const MS_DOMAIN: &str = "com.microsoft";
+
+/// Numeric precision of the linear layers of a written graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Every weight in f32.
+    #[default]
+    F32,
+    /// Linear-layer weights in int8, one scale per output channel, activations quantised
+    /// dynamically per call; embeddings, layer norms, attention and pooling stay f32.
+    Int8,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        })
+    }
+}
+
+/// Largest magnitude of a quantised weight: the full signed range less -128, so the range
+/// is symmetric. (Seven bits, ONNX Runtime's `reduce_range`, would rule out the 16-bit
+/// saturation of `vpmaddubsw` on x86 CPUs without VNNI, but measured here it cost about 3
+/// MAP on the skill dev sets against under 1 for eight bits; see BENCHMARKS.md.)
+pub const INT8_WEIGHT_MAX: f32 = 127.0;
+
+/// Quantises a `[out, in]` weight symmetrically per output channel, transposed to the
+/// `[in, out]` layout `DynamicQuantizeMatMul` multiplies by. Returns the weights and one
+/// scale per output channel (`w ≈ q · scale`).
+pub fn quantize_per_channel(w: &[f32], out: usize, inp: usize) -> (Vec<i8>, Vec<f32>) {
+    debug_assert_eq!(w.len(), out * inp);
+    let mut q = vec![0i8; out * inp];
+    let mut scales = Vec::with_capacity(out);
+    for o in 0..out {
+        let row = &w[o * inp..(o + 1) * inp];
+        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 {
+            max / INT8_WEIGHT_MAX
+        } else {
+            1.0
+        };
+        for (i, v) in row.iter().enumerate() {
+            q[i * out + o] = (v / scale).round().clamp(-INT8_WEIGHT_MAX, INT8_WEIGHT_MAX) as i8;
+        }
+        scales.push(scale);
+    }
+    (q, scales)
+}
+
 /// Name of the optional projection head's weight (`[hidden, hidden]`, applied as `x · Wᵀ`
 /// to every token state before pooling), written by `uwe-trainer`.
 pub const HEAD_WEIGHT: &str = "head.weight";
@@ -66,6 +119,7 @@ struct Builder<'a> {
     weights: Vec<&'a SafeTensors<'a>>,
     used: HashMap<String, ()>,
     n: usize,
+    precision: Precision,
 }
 
 fn attr_int(name: &str, v: i64) -> AttributeProto {
@@ -108,6 +162,7 @@ impl<'a> Builder<'a> {
             name: Some(format!("n{}_{}", self.nodes.len(), op)),
             op_type: Some(op.into()),
             attribute: attrs,
+            domain: None,
         });
     }
 
@@ -135,11 +190,8 @@ impl<'a> Builder<'a> {
         name
     }
 
-    /// Adds the safetensors weight `name` as an initializer (once) after checking its shape.
-    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<String> {
-        if self.used.contains_key(name) {
-            return Ok(name.to_string());
-        }
+    /// The safetensors weight `name`, after checking its dtype and shape.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<safetensors::tensor::TensorView<'a>> {
         let t = self
             .weights
             .iter()
@@ -158,6 +210,15 @@ impl<'a> Builder<'a> {
                 shape
             )));
         }
+        Ok(t)
+    }
+
+    /// Adds the safetensors weight `name` as an initializer (once) after checking its shape.
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<String> {
+        if self.used.contains_key(name) {
+            return Ok(name.to_string());
+        }
+        let t = self.tensor(name, shape)?;
         self.inits.push(TensorProto {
             dims: shape.iter().map(|&d| d as i64).collect(),
             data_type: Some(data_type::FLOAT),
@@ -168,9 +229,65 @@ impl<'a> Builder<'a> {
         Ok(name.to_string())
     }
 
+    /// `x · Wᵀ (+ b)` with `W` (`[out, in]`) quantised per output channel to int8 and the
+    /// activations quantised per call (ONNX Runtime's `DynamicQuantizeMatMul`).
+    fn matmul_int8(
+        &mut self,
+        x: &str,
+        w_name: &str,
+        bias: Option<&str>,
+        out: usize,
+        inp: usize,
+    ) -> Result<String> {
+        let t = self.tensor(w_name, &[out, inp])?;
+        let w: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let (q, scales) = quantize_per_channel(&w, out, inp);
+        self.used.insert(w_name.into(), ());
+        let qname = format!("{w_name}.int8");
+        self.inits.push(TensorProto {
+            dims: vec![inp as i64, out as i64],
+            data_type: Some(data_type::INT8),
+            name: Some(qname.clone()),
+            raw_data: Some(q.iter().map(|&v| v as u8).collect()),
+        });
+        let sname = format!("{w_name}.scale");
+        self.inits.push(TensorProto {
+            dims: vec![out as i64],
+            data_type: Some(data_type::FLOAT),
+            name: Some(sname.clone()),
+            raw_data: Some(scales.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        });
+        let mut inputs = vec![x.to_string(), qname, sname];
+        if let Some(b) = bias {
+            // The optional zero point stays empty: the weights are symmetric.
+            inputs.extend([String::new(), b.to_string()]);
+        }
+        self.n += 1;
+        let y = format!("dqmatmul_{}", self.n);
+        self.nodes.push(NodeProto {
+            input: inputs,
+            output: vec![y.clone()],
+            name: Some(format!("n{}_DynamicQuantizeMatMul", self.nodes.len())),
+            op_type: Some("DynamicQuantizeMatMul".into()),
+            domain: Some(MS_DOMAIN.into()),
+            attribute: vec![],
+        });
+        Ok(y)
+    }
+
     /// `x · Wᵀ + b` for a Hugging Face `Linear` stored as `[out, in]`.
     fn linear(&mut self, x: &str, prefix: &str, out: usize, inp: usize) -> Result<String> {
-        let w = self.weight(&format!("{prefix}.weight"), &[out, inp])?;
+        let w_name = format!("{prefix}.weight");
+        if self.precision == Precision::Int8 {
+            let b = self.weight(&format!("{prefix}.bias"), &[out])?;
+            return self.matmul_int8(x, &w_name, Some(&b), out, inp);
+        }
+        // Weight before bias: the initializer order is part of the graph's recorded sha256.
+        let w = self.weight(&w_name, &[out, inp])?;
         let b = self.weight(&format!("{prefix}.bias"), &[out])?;
         let wt = self.op("Transpose", &[&w], vec![attr_ints("perm", &[1, 0])]);
         let y = self.op("MatMul", &[x, &wt], vec![]);
@@ -216,11 +333,14 @@ fn tensor_value(name: &str, elem: i32, dims: &[Result<i64, &str>]) -> ValueInfoP
 
 /// Builds the encoder graph and returns the serialised ONNX model. `trained` weights take
 /// the place of the base `weights` of the same names; when they hold [`HEAD_WEIGHT`], the
-/// projection head is applied to the last hidden states.
+/// projection head is applied to the last hidden states. With [`Precision::Int8`] the
+/// linear layers (and the head) are written quantised; the graph then needs ONNX Runtime's
+/// CPU contrib operators.
 pub fn build_bert_onnx(
     cfg: &BertConfig,
     weights: &SafeTensors<'_>,
     trained: Option<&SafeTensors<'_>>,
+    precision: Precision,
 ) -> Result<Vec<u8>> {
     if cfg.hidden_act != "gelu" {
         return Err(ModelError::Weights(format!(
@@ -247,6 +367,7 @@ pub fn build_bert_onnx(
             .collect(),
         used: HashMap::new(),
         n: 0,
+        precision,
     };
 
     // Embeddings: word + position(0..seq) + token type 0, then layer norm.
@@ -332,9 +453,13 @@ pub fn build_bert_onnx(
         x = b.layer_norm(&o, &format!("{p}.output.LayerNorm"), h, cfg.layer_norm_eps)?;
     }
     if trained.is_some_and(|t| t.tensor(HEAD_WEIGHT).is_ok()) {
-        let w = b.weight(HEAD_WEIGHT, &[h, h])?;
-        let wt = b.op("Transpose", &[&w], vec![attr_ints("perm", &[1, 0])]);
-        x = b.op("MatMul", &[&x, &wt], vec![]);
+        x = if precision == Precision::Int8 {
+            b.matmul_int8(&x, HEAD_WEIGHT, None, h, h)?
+        } else {
+            let w = b.weight(HEAD_WEIGHT, &[h, h])?;
+            let wt = b.op("Transpose", &[&w], vec![attr_ints("perm", &[1, 0])]);
+            b.op("MatMul", &[&x, &wt], vec![])
+        };
     }
     // A trained weight the graph never reads would be silently lost: refuse it.
     if let Some(t) = trained {
@@ -377,12 +502,31 @@ pub fn build_bert_onnx(
     let norm = b.op("Max", &[&norm, &eps], vec![]);
     b.op_named("Div", &[&mean, &norm], vec![], OUTPUT_POOLED);
 
+    let mut opset_import = vec![OperatorSetIdProto {
+        domain: Some(String::new()),
+        version: Some(OPSET),
+    }];
+    if precision == Precision::Int8 {
+        opset_import.push(OperatorSetIdProto {
+            domain: Some(MS_DOMAIN.into()),
+            version: Some(1),
+        });
+    }
+    let outputs = vec![
+        tensor_value(
+            OUTPUT_TOKENS,
+            data_type::FLOAT,
+            &[Err("batch"), Err("seq"), Ok(h as i64)],
+        ),
+        tensor_value(
+            OUTPUT_POOLED,
+            data_type::FLOAT,
+            &[Err("batch"), Ok(h as i64)],
+        ),
+    ];
     let model = ModelProto {
         ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(OPSET),
-        }],
+        opset_import,
         producer_name: Some("uwe-connect".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         doc_string: Some(
@@ -400,20 +544,44 @@ pub fn build_bert_onnx(
                     &[Err("batch"), Err("seq")],
                 ),
             ],
-            output: vec![
-                tensor_value(
-                    OUTPUT_TOKENS,
-                    data_type::FLOAT,
-                    &[Err("batch"), Err("seq"), Ok(h as i64)],
-                ),
-                tensor_value(
-                    OUTPUT_POOLED,
-                    data_type::FLOAT,
-                    &[Err("batch"), Ok(h as i64)],
-                ),
-            ],
+            output: outputs,
         }),
         metadata_props: vec![],
     };
     Ok(model.encode_to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_channel_quantisation_is_transposed_and_within_half_a_step() {
+        // Two output channels of very different range, three inputs.
+        let w = [0.5f32, -1.0, 0.25, 0.001, 0.002, -0.003];
+        let (q, s) = quantize_per_channel(&w, 2, 3);
+        assert_eq!(q.len(), 6);
+        assert_eq!(s.len(), 2);
+        for o in 0..2 {
+            for i in 0..3 {
+                let back = q[i * 2 + o] as f32 * s[o];
+                assert!(
+                    (back - w[o * 3 + i]).abs() <= s[o] / 2.0 + 1e-9,
+                    "channel {o} input {i}: {back} vs {}",
+                    w[o * 3 + i]
+                );
+            }
+        }
+        // Each channel's largest weight uses the full range.
+        assert_eq!(q[2], -127);
+        assert_eq!(q[2 * 2 + 1], -127);
+    }
+
+    #[test]
+    fn an_all_zero_channel_gets_a_usable_scale() {
+        let (q, s) = quantize_per_channel(&[0.0, 0.0, 1.0, -1.0], 2, 2);
+        assert!(s[0] > 0.0 && s[0].is_finite());
+        assert_eq!((q[0], q[2]), (0, 0));
+        assert_eq!((q[1], q[3]), (127, -127));
+    }
 }

@@ -4,6 +4,7 @@
 //! models/<name>/
 //!   manifest.json    name, version, checksums, dimensions, scorer, dev scores
 //!   model.onnx       token embeddings + pooled embedding (see `graph`)
+//!   model.int8.onnx  the same graph with int8 linear layers, for CPUs (optional)
 //!   tokenizer.json   Hugging Face tokenizer
 //! ```
 //! Nothing in the project hard-codes a model: dimensions, sequence window, scorer and
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ModelError, Result};
-pub use graph::BertConfig;
+pub use graph::{BertConfig, Precision};
 
 /// Manifest format understood by this build.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -28,6 +29,8 @@ pub const MANIFEST_FORMAT: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The ONNX graph.
 pub const ONNX_FILE: &str = "model.onnx";
+/// The int8 variant of the graph, when the model has one.
+pub const ONNX_INT8_FILE: &str = "model.int8.onnx";
 /// The tokenizer.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
@@ -101,22 +104,48 @@ pub struct Manifest {
     /// (`uwe-trainer mentions`); targets in `mentions` mode need it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mentions: Option<crate::mentions::MentionSpec>,
+    /// The int8 variant of the graph, when the model has one (`build-model --quantize int8`):
+    /// served on CPU when `encoder.precision` is `int8` or `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<QuantizedGraph>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
 
+/// A quantised variant of the graph in the same model directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizedGraph {
+    /// File name inside the directory (its sha256 is in `files`).
+    pub file: String,
+    /// How it was quantised, for people reading the manifest.
+    pub scheme: String,
+}
+
+/// The scheme string written for [`Precision::Int8`] graphs.
+pub const INT8_SCHEME: &str =
+    "dynamic int8: linear weights per output channel, symmetric, |q| <= 127; activations per call (DynamicQuantizeMatMul)";
+
 impl Manifest {
-    /// A short identity of what the model computes: the graph, the tokenizer and the target text.
-    /// Caches of target-space embeddings are keyed by it.
-    pub fn model_key(&self) -> String {
+    /// A short identity of what the model computes in `precision`: the graph served, the
+    /// tokenizer and the target text. Caches of target-space embeddings are keyed by it, so
+    /// f32 and int8 embeddings never mix.
+    pub fn model_key(&self, precision: Precision) -> String {
         let mut h = Sha256::new();
         // The mention tagger reads token embeddings but changes none: target-space caches
-        // stay valid when it is added or retrained.
-        let tagger = self.mentions.as_ref().map(|m| m.file.as_str());
+        // stay valid when it is added or retrained. Of the two graphs only the one served counts.
+        let int8 = self.int8.as_ref().map(|q| q.file.as_str());
+        let skip: [Option<&str>; 2] = [
+            self.mentions.as_ref().map(|m| m.file.as_str()),
+            match precision {
+                Precision::F32 => int8,
+                Precision::Int8 => Some(ONNX_FILE),
+            },
+        ];
         for (k, v) in self
             .files
             .iter()
-            .filter(|(k, _)| Some(k.as_str()) != tagger)
+            .filter(|(k, _)| !skip.contains(&Some(k.as_str())))
         {
             h.update(k.as_bytes());
             h.update(v.as_bytes());
@@ -213,6 +242,14 @@ impl ModelDir {
         self.path.join(ONNX_FILE)
     }
 
+    /// Path of the graph in `precision`, when the directory has it.
+    pub fn graph_path(&self, precision: Precision) -> Option<PathBuf> {
+        match precision {
+            Precision::F32 => Some(self.onnx_path()),
+            Precision::Int8 => self.manifest.int8.as_ref().map(|q| self.path.join(&q.file)),
+        }
+    }
+
     /// Path of the tokenizer.
     pub fn tokenizer_path(&self) -> PathBuf {
         self.path.join(TOKENIZER_FILE)
@@ -261,6 +298,65 @@ pub fn attach_mentions(
     Ok(manifest)
 }
 
+/// Adds the int8 graph to the model directory at `dir`, written from the same files it was
+/// built from (`config`, base `weights`, optional `trained` weights, whose sha256 must be
+/// those the manifest records); the manifest is replaced last, through a rename.
+pub fn attach_int8(
+    dir: &Path,
+    config: &Path,
+    weights: &Path,
+    trained: Option<&Path>,
+) -> Result<ModelDir> {
+    let current = ModelDir::open(dir)?;
+    let mpath = dir.join(MANIFEST_FILE);
+    let bert: BertConfig =
+        serde_json::from_str(&std::fs::read_to_string(config).map_err(ModelError::io(config))?)
+            .map_err(|e| ModelError::Manifest {
+                path: config.to_path_buf(),
+                msg: e.to_string(),
+            })?;
+    let wb = std::fs::read(weights).map_err(ModelError::io(weights))?;
+    let tb = match trained {
+        Some(p) => Some(std::fs::read(p).map_err(ModelError::io(p))?),
+        None => None,
+    };
+    if sha256_bytes(&wb) != current.manifest.weights_sha256
+        || tb.as_deref().map(sha256_bytes) != current.manifest.trained_sha256
+    {
+        return Err(ModelError::Manifest {
+            path: mpath,
+            msg: "the weights given are not the ones this model was built from".into(),
+        });
+    }
+    fn parse<'b>(b: &'b [u8], p: &Path) -> Result<safetensors::SafeTensors<'b>> {
+        safetensors::SafeTensors::deserialize(b).map_err(|e| {
+            ModelError::Weights(format!("{}: not a safetensors file: {e}", p.display()))
+        })
+    }
+    let st = parse(&wb, weights)?;
+    let tt = match (&tb, trained) {
+        (Some(b), Some(p)) => Some(parse(b, p)?),
+        _ => None,
+    };
+    let q = graph::build_bert_onnx(&bert, &st, tt.as_ref(), Precision::Int8)?;
+    let mut manifest = current.manifest;
+    manifest
+        .files
+        .insert(ONNX_INT8_FILE.to_string(), sha256_bytes(&q));
+    manifest.int8 = Some(QuantizedGraph {
+        file: ONNX_INT8_FILE.into(),
+        scheme: INT8_SCHEME.into(),
+    });
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    for (name, data) in [(ONNX_INT8_FILE, &q[..]), (MANIFEST_FILE, &json[..])] {
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        std::fs::write(&tmp, data).map_err(ModelError::io(&tmp))?;
+        let fin = dir.join(name);
+        std::fs::rename(&tmp, &fin).map_err(ModelError::io(&fin))?;
+    }
+    ModelDir::open(dir)
+}
+
 /// What a new model directory is built from.
 #[derive(Debug, Clone)]
 pub struct BuildSpec {
@@ -291,6 +387,8 @@ pub struct BuildSpec {
     pub dev_scores: BTreeMap<String, serde_json::Value>,
     /// A mention tagger to ship in the directory: its spec and file bytes.
     pub mentions: Option<(crate::mentions::MentionSpec, Vec<u8>)>,
+    /// Also write the int8 variant of the graph ([`ONNX_INT8_FILE`]).
+    pub int8: bool,
 }
 
 /// Builds a model directory at `out` atomically: everything is written into a sibling
@@ -318,7 +416,16 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
         })?),
         _ => None,
     };
-    let onnx = graph::build_bert_onnx(&bert, &st, head.as_ref())?;
+    let onnx = graph::build_bert_onnx(&bert, &st, head.as_ref(), Precision::F32)?;
+    let onnx_int8 = match spec.int8 {
+        true => Some(graph::build_bert_onnx(
+            &bert,
+            &st,
+            head.as_ref(),
+            Precision::Int8,
+        )?),
+        false => None,
+    };
     let tok = std::fs::read(&spec.tokenizer).map_err(ModelError::io(&spec.tokenizer))?;
     tokenizers::Tokenizer::from_bytes(&tok)
         .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", spec.tokenizer.display())))?;
@@ -327,6 +434,9 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
     files.insert(TOKENIZER_FILE.to_string(), sha256_bytes(&tok));
     if let Some((m, bytes)) = &spec.mentions {
         files.insert(m.file.clone(), sha256_bytes(bytes));
+    }
+    if let Some(q) = &onnx_int8 {
+        files.insert(ONNX_INT8_FILE.to_string(), sha256_bytes(q));
     }
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
@@ -344,6 +454,10 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
         training_data: spec.training_data.clone(),
         dev_scores: spec.dev_scores.clone(),
         mentions: spec.mentions.as_ref().map(|(m, _)| m.clone()),
+        int8: onnx_int8.as_ref().map(|_| QuantizedGraph {
+            file: ONNX_INT8_FILE.into(),
+            scheme: INT8_SCHEME.into(),
+        }),
         created_at: now_rfc3339(),
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
@@ -354,6 +468,9 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
     ];
     if let Some((m, bytes)) = &spec.mentions {
         files.push((m.file.as_str(), bytes));
+    }
+    if let Some(q) = &onnx_int8 {
+        files.push((ONNX_INT8_FILE, q));
     }
     write_dir_atomically(out, &files)?;
     ModelDir::open(out)

@@ -66,11 +66,15 @@ pub struct NodeProto {
     pub op_type: Option<String>,
     #[prost(message, repeated, tag = "5")]
     pub attribute: Vec<AttributeProto>,
+    /// Operator domain; empty is the default ONNX domain.
+    #[prost(string, optional, tag = "7")]
+    pub domain: Option<String>,
 }
 
 /// `AttributeProto.AttributeType` values used here.
 pub mod attribute_type {
     pub const FLOAT: i32 = 1;
+    pub const INT8: i32 = 3;
     pub const INT: i32 = 2;
     pub const TENSOR: i32 = 4;
     pub const INTS: i32 = 7;
@@ -95,6 +99,7 @@ pub struct AttributeProto {
 /// `TensorProto.DataType` values used here.
 pub mod data_type {
     pub const FLOAT: i32 = 1;
+    pub const INT8: i32 = 3;
     pub const INT64: i32 = 7;
 }
 

@@ -154,7 +154,7 @@ pub fn load_or_encode(
         "{}-{}-{}.uwespace",
         sanitize(&space.name),
         &space.sha256[..16],
-        m.model_key()
+        encoder.model_key()
     ));
     if file.exists() {
         match read(&file, space.clone(), &m.version) {

@@ -316,6 +316,7 @@ pub fn prepare(
                 training_data: vec![],
                 dev_scores: BTreeMap::new(),
                 mentions: None,
+                int8: false,
             };
             let dir = model::build_model_dir(&spec, &scratch.join("model"))?;
             Ok((Encoder::load(&dir, cfg)?, Box::new(top)))
@@ -498,6 +499,7 @@ pub fn build_candidate(
         training_data,
         dev_scores: BTreeMap::new(),
         mentions: None,
+        int8: false,
     };
     model::build_model_dir(&spec, out)
 }
