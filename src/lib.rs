@@ -19,11 +19,13 @@
 //! - [`text`]: sentence spans.
 //! - [`train`]: the trainer sidecar (training pairs, top BERT layers or a projection head on candle, eval gate).
 //! - [`telemetry`]: every metric name, in one place.
+//! - [`cli`]: the binaries' subcommands, one module each, with their arguments.
 //! - [`error`]: error domains and their classes (bad data, transient, fatal).
 
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod cli;
 pub mod connector;
 pub mod demo;
 pub mod encoder;

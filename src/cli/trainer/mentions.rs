@@ -1,0 +1,85 @@
+//! `uwe-trainer mentions`: train the skill-mention tagger and attach it to model directories.
+
+use std::path::PathBuf;
+
+use crate::encoder::{Device, EncoderConfig};
+use crate::mentions::train as mtrain;
+
+/// Arguments of `uwe-trainer mentions`.
+#[derive(clap::Args)]
+pub(crate) struct MentionsArgs {
+    /// Model directory whose token embeddings the tagger reads; it gets the tagger.
+    #[arg(long, default_value = "models/default")]
+    model: PathBuf,
+    /// Also attach the tagger to these directories (their manifest must name the same graph).
+    #[arg(long)]
+    also: Vec<PathBuf>,
+    /// Tagged training sentences (SkillSpan JSONL).
+    #[arg(long, default_value = "data/skillspan/sentences_train.jsonl")]
+    train: PathBuf,
+    /// Tagged dev sentences: measured only, never trained or tuned on.
+    #[arg(long, default_value = "data/skillspan/sentences_dev.jsonl")]
+    dev: PathBuf,
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    #[arg(long, default_value_t = 8)]
+    epochs: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Also give every token its sentence's pooled embedding (measured: no better on
+    /// whole postings than the token window alone; see the model card).
+    #[arg(long)]
+    sentence_context: bool,
+    /// Lowest score of a mention's top label that is kept (see `uwe-connect eval --postings`).
+    #[arg(long, default_value_t = 0.5)]
+    label_threshold: f32,
+    #[arg(long, env = "UWE_THREADS", default_value_t = 0)]
+    threads: usize,
+}
+
+/// Runs `uwe-trainer mentions` with these arguments.
+pub(crate) fn run(a: MentionsArgs) -> anyhow::Result<()> {
+    let MentionsArgs {
+        model,
+        also,
+        train,
+        dev,
+        hidden,
+        epochs,
+        lr,
+        batch,
+        seed,
+        sentence_context,
+        label_threshold,
+        threads,
+    } = a;
+    let ecfg = EncoderConfig {
+        device: Device::Cpu,
+        intra_threads: threads,
+        cache_bytes: 0,
+        ..Default::default()
+    };
+    let opts = mtrain::TrainOptions {
+        hidden,
+        epochs,
+        lr,
+        batch,
+        seed,
+        sentence_context,
+    };
+    let report = mtrain::train_and_attach(
+        &model,
+        &also,
+        &train,
+        &dev,
+        &opts,
+        mtrain::Thresholds::Fresh { label_threshold },
+        &ecfg,
+    )?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

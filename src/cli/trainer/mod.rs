@@ -1,0 +1,54 @@
+//! The `uwe-trainer` binary: one module per subcommand, each with its arguments.
+
+mod mentions;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "uwe-trainer",
+    version,
+    about = "Retrain the UWE encoder on work data, gate it on the dev tasks, publish it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+// Parsed once at start-up: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a candidate, evaluate it against the current model, publish it if it is at least as good.
+    ///
+    /// Examples: uwe-trainer train --registry registry
+    ///           uwe-trainer train --train head --steps 600 --lr 5e-4 --registry registry
+    ///           uwe-trainer train --train layers:1 --steps 30 --no-gate   (speed only)
+    Train(train::TrainArgs),
+    /// Train the skill-mention tagger on a model's token embeddings (SkillSpan BIO tags),
+    /// measure it on the dev sentences and attach it to the model directory (and to any
+    /// further directory holding a manifest of the same model, such as `trained/<name>`).
+    ///
+    /// Example: uwe-trainer mentions --model models/uwe-minilm-l6 --also trained/uwe-minilm-l6
+    Mentions(mentions::MentionsArgs),
+}
+
+/// Parses the command line, runs the subcommand, and turns an error into exit code 1 with
+/// its chain of causes on stderr.
+pub fn main() -> ExitCode {
+    crate::telemetry::init_logs();
+    let r = match Cli::parse().cmd {
+        Cmd::Train(a) => train::run(a),
+        Cmd::Mentions(a) => mentions::run(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! `uwe-trainer train`: train a candidate, gate it on the dev tasks against the current
+//! model, publish it into the registry and announce it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::encoder::{Device, EncoderConfig};
+use crate::mentions::train as mtrain;
+use crate::model::{self, ModelDir, ScorerSpec};
+use crate::space::cache;
+use crate::train::{self, data, head::Objective, TrainSpec};
+
+/// Arguments of `uwe-trainer train`.
+#[derive(clap::Args)]
+pub(crate) struct TrainArgs {
+    /// Base model directory (training starts from its weights).
+    #[arg(long, default_value = "models/base")]
+    base: PathBuf,
+    /// What to train: `layers:N` (the top N transformer layers) or `head` (a residual
+    /// projection head on the frozen last hidden states).
+    #[arg(long = "train", default_value = "layers:3", value_parser = parse_trained)]
+    trained: train::Trained,
+    /// Folder with the base weights (model.safetensors, config.json), from scripts/setup.
+    #[arg(long, default_value = ".uwe/base")]
+    base_files: PathBuf,
+    /// Model registry: versions are published as <registry>/<version>, `current` points at the newest.
+    #[arg(long, default_value = "registry")]
+    registry: PathBuf,
+    /// Model the candidate must beat (default: <registry>/current, else models/default).
+    #[arg(long)]
+    current: Option<PathBuf>,
+    /// Required MAP gain on every dev task (points; negative tolerates a loss).
+    #[arg(long, default_value_t = 0.0)]
+    margin: f64,
+    /// Optimiser steps (default: 1150 for layers, the shipped recipe; 2000 for the head).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Peak learning rate (default: 1e-4 for layers, the shipped recipe; 2e-3 for the head).
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// Soft late-interaction temperature τ (recorded in the manifest).
+    #[arg(long, default_value_t = 0.05)]
+    temperature: f32,
+    /// InfoNCE temperature.
+    #[arg(long, default_value_t = 0.05)]
+    nce_temperature: f32,
+    /// Analysts' feedback pairs, JSONL {"text", "label_id"}.
+    #[arg(long)]
+    feedback: Option<PathBuf>,
+    /// Labelled vacancy titles, JSONL {"text", "label_id"} (default: the training share
+    /// of the JobBERT titles in <data-dir>/training/job_titles/train.jsonl).
+    #[arg(long)]
+    job_titles: Option<PathBuf>,
+    /// How many times each pair of a source is drawn per epoch, `SOURCE=N`: real titles
+    /// are far fewer than the pairs derived from ESCO, and worth more.
+    #[arg(long, value_delimiter = ',', value_parser = parse_repeat, default_value = "job_title=3")]
+    repeat: Vec<(String, usize)>,
+    /// Sources to leave out: occupation_alias, occupation_title, job_title, skill_alias,
+    /// skill_description, skillskape (`--skip ''` uses all). The default is the shipped
+    /// model's recipe: skill aliases and descriptions cost job normalisation.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "skill_alias,skill_description"
+    )]
+    skip: Vec<String>,
+    /// Occupation → essential skills pairs per occupation (0: none, the shipped recipe).
+    #[arg(long, default_value_t = 0)]
+    occupation_skills: usize,
+    /// Use at most this many training pairs (0: all), for quick runs.
+    #[arg(long, default_value_t = 0)]
+    max_pairs: usize,
+    /// Checkpoint folder; with --resume, the run continues from it.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
+    #[arg(long)]
+    resume: bool,
+    /// Stop after training and print its report (steps/s, losses): no candidate, no gate.
+    #[arg(long)]
+    no_gate: bool,
+    /// Kafka brokers and control topic to announce a published model on.
+    #[arg(long)]
+    brokers: Option<String>,
+    #[arg(long, default_value = "uwe.models")]
+    control_topic: String,
+    #[arg(long, env = "UWE_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "UWE_THREADS", default_value_t = 0)]
+    threads: usize,
+}
+
+fn parse_trained(s: &str) -> Result<train::Trained, String> {
+    train::Trained::parse(s)
+        .ok_or_else(|| format!("expected `head` or `layers:N` (N ≥ 1), got {s:?}"))
+}
+
+fn parse_repeat(s: &str) -> Result<(String, usize), String> {
+    s.split_once('=')
+        .and_then(|(src, n)| Some((src.trim().to_string(), n.trim().parse().ok()?)))
+        .filter(|(src, n)| !src.is_empty() && *n >= 1)
+        .ok_or_else(|| format!("expected SOURCE=N with N ≥ 1 (for example job_title=3), got {s:?}"))
+}
+
+fn mean_map(s: &BTreeMap<String, crate::eval::Report>) -> f64 {
+    s.values().map(|r| r.map).sum::<f64>() / s.len().max(1) as f64
+}
+
+/// Runs `uwe-trainer train` with these arguments.
+pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let TrainArgs {
+        base,
+        trained,
+        base_files,
+        registry,
+        current,
+        margin,
+        steps,
+        batch,
+        lr,
+        warmup,
+        temperature,
+        nce_temperature,
+        feedback,
+        job_titles,
+        repeat,
+        skip,
+        occupation_skills,
+        max_pairs,
+        checkpoint_dir,
+        checkpoint_every,
+        resume,
+        no_gate,
+        brokers,
+        control_topic,
+        data_dir,
+        threads,
+    } = a;
+    let (steps, lr) = match trained {
+        train::Trained::Head => (steps.unwrap_or(2000), lr.unwrap_or(2e-3)),
+        train::Trained::TopLayers(_) => (steps.unwrap_or(1150), lr.unwrap_or(1e-4)),
+    };
+    // Source names are checked before the slow set-up, so that a typo fails at once.
+    if let Some(s) = skip
+        .iter()
+        .find(|s| !s.is_empty() && !data::SOURCES.contains(&s.as_str()))
+    {
+        anyhow::bail!("--skip {s}: not a source; use one of {:?}", data::SOURCES);
+    }
+    if let Some((src, n)) = repeat
+        .iter()
+        .find(|(src, _)| !data::SOURCES.contains(&src.as_str()))
+    {
+        anyhow::bail!(
+            "--repeat {src}={n}: {src:?} is not a source; use one of {:?}",
+            data::SOURCES
+        );
+    }
+    let ecfg = EncoderConfig {
+        device: Device::Cpu,
+        intra_threads: threads,
+        cache_bytes: 0,
+        ..Default::default()
+    };
+    let base_dir =
+        ModelDir::open(&base).with_context(|| format!("base model {}", base.display()))?;
+    let scratch = tempfile::tempdir()?;
+    let (mut enc, trainable) =
+        train::prepare(&base_dir, &base_files, trained, &ecfg, scratch.path())?;
+
+    let dspec = data::DataSpec {
+        occupation_aliases: !skip.iter().any(|s| s == "occupation_alias"),
+        occupation_titles: !skip.iter().any(|s| s == "occupation_title"),
+        skill_aliases: !skip.iter().any(|s| s == "skill_alias"),
+        skill_descriptions: !skip.iter().any(|s| s == "skill_description"),
+        occupation_skills,
+        skillskape: (!skip.iter().any(|s| s == "skillskape"))
+            .then(|| data_dir.join("training/skillskape/train.csv")),
+        job_titles: (!skip.iter().any(|s| s == "job_title")).then(|| {
+            job_titles.unwrap_or_else(|| data_dir.join("training/job_titles/train.jsonl"))
+        }),
+        feedback,
+    };
+    let mut pairs = data::build_pairs(&data_dir, &dspec)?;
+    if max_pairs > 0 && pairs.len() > max_pairs {
+        // Keep every source represented: take an even stride through the list.
+        let stride = pairs.len() / max_pairs;
+        pairs = pairs
+            .into_iter()
+            .step_by(stride.max(1))
+            .take(max_pairs)
+            .collect();
+    }
+    let (mut train_pairs, dev_pairs) = data::split_dev(pairs, 20);
+    let mut by_source: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &train_pairs {
+        *by_source.entry(p.source).or_default() += 1;
+    }
+    // Repeat after the dev split, so that a repeated pair is never on both sides.
+    for (src, n) in &repeat {
+        let extra: Vec<data::Pair> = train_pairs
+            .iter()
+            .filter(|p| p.source == src)
+            .cloned()
+            .collect();
+        for _ in 1..*n {
+            train_pairs.extend(extra.iter().cloned());
+        }
+    }
+    eprintln!(
+        "training pairs: {} ({by_source:?}); per epoch, with --repeat {repeat:?}: {}; held out: {}",
+        by_source.values().sum::<usize>(),
+        train_pairs.len(),
+        dev_pairs.len()
+    );
+    let spec = TrainSpec {
+        batch,
+        steps,
+        lr,
+        warmup,
+        objective: Objective {
+            late_temperature: temperature,
+            nce_temperature,
+        },
+        seed: 42,
+        checkpoint_dir: checkpoint_dir.clone(),
+        checkpoint_every,
+        resume,
+        progress: true,
+    };
+    if let Some(d) = &checkpoint_dir {
+        std::fs::create_dir_all(d)?;
+    }
+    let report = train::train(
+        &mut enc,
+        trainable.as_ref(),
+        &train_pairs,
+        &dev_pairs,
+        &spec,
+    )?;
+    eprintln!("{}", serde_json::to_string(&report)?);
+    if no_gate {
+        println!(
+            "{}",
+            serde_json::json!({"train": format!("{trained:?}"), "batch": batch, "report": report,
+                "pairs_per_second": report.steps_per_second * batch as f64})
+        );
+        return Ok(());
+    }
+    drop(enc);
+
+    let version = format!("uwe-{}", time::OffsetDateTime::now_utc().unix_timestamp());
+    std::fs::create_dir_all(&registry)?;
+    let staging = registry.join(format!(".staging-{version}"));
+    let trained_path = registry.join(format!(".trained-{version}.safetensors"));
+    train::write_trained(
+        &trained_path,
+        &trainable.export().map_err(|e| anyhow::anyhow!("{e}"))?,
+    )?;
+    let mut training_data: Vec<String> = by_source
+        .iter()
+        .map(|(src, n)| format!("{src}: {n} pairs"))
+        .collect();
+    training_data.push(format!(
+        "held out: {} pairs; repeated per epoch: {repeat:?}; trained: {trained:?}; {} steps x {batch} pairs, AdamW lr {lr}, warm-up {warmup}, late tau {temperature}, InfoNCE tau {nce_temperature}",
+        dev_pairs.len(),
+        report.steps
+    ));
+    let late = ScorerSpec::Late {
+        temperature,
+        rerank_top: 100,
+    };
+    let cand = train::build_candidate(
+        &base_dir,
+        &base_files,
+        &trained_path,
+        &staging,
+        &version,
+        late,
+        training_data,
+    )?;
+    // A candidate has an int8 graph when the model it would replace has one, so a connector
+    // that opted into int8 keeps serving it after a hot swap.
+    let cand = match ModelDir::open(&current_dir(current.as_deref(), &registry)) {
+        Ok(d) if d.manifest.int8.is_some() => model::attach_int8(
+            &cand.path,
+            &base_files.join("config.json"),
+            &base_files.join("model.safetensors"),
+            Some(&trained_path),
+        )?,
+        _ => cand,
+    };
+    std::fs::rename(&trained_path, staging.join(train::TRAINED_FILE))?;
+
+    // Gate: the candidate, with its better scorer, against the current model with its own.
+    let cache_dir = cache::default_cache_dir();
+    let tasks = train::default_dev_tasks(&data_dir);
+    let current = current.unwrap_or_else(|| current_dir(None, &registry));
+    let cur_dir =
+        ModelDir::open(&current).with_context(|| format!("current model {}", current.display()))?;
+    // A tagger reads the token embeddings the new layers changed: a current model with one
+    // gets a candidate with its own, retrained on the candidate's embeddings (about a minute),
+    // so that connectors ranking mentions can swap to it.
+    let cand = match &cur_dir.manifest.mentions {
+        Some(spec) => {
+            let opts = mtrain::TrainOptions {
+                hidden: spec.hidden,
+                sentence_context: spec.sentence_context,
+                ..Default::default()
+            };
+            let sk = data_dir.join("skillspan");
+            mtrain::train_and_attach(
+                &cand.path,
+                &[],
+                &sk.join("sentences_train.jsonl"),
+                &sk.join("sentences_dev.jsonl"),
+                &opts,
+                mtrain::Thresholds::Keep(spec),
+                &ecfg,
+            )
+            .context("retraining the mention tagger on the candidate")?;
+            ModelDir::open(&cand.path)?
+        }
+        None => cand,
+    };
+    let cur_scores = train::dev_scores(
+        &cur_dir,
+        &ecfg,
+        &tasks,
+        cur_dir.manifest.scorer,
+        &data_dir,
+        &cache_dir,
+    )?;
+    let cand_late = train::dev_scores(&cand, &ecfg, &tasks, late, &data_dir, &cache_dir)?;
+    let cand_pooled = train::dev_scores(
+        &cand,
+        &ecfg,
+        &tasks,
+        ScorerSpec::Pooled,
+        &data_dir,
+        &cache_dir,
+    )?;
+    let by_scorer = serde_json::json!({"late": &cand_late, "pooled": &cand_pooled});
+    let (scorer, cand_scores) = if mean_map(&cand_late) >= mean_map(&cand_pooled) {
+        (late, cand_late)
+    } else {
+        (ScorerSpec::Pooled, cand_pooled)
+    };
+    let wins = tasks
+        .iter()
+        .all(|t| cand_scores[&t.name].map >= cur_scores[&t.name].map + margin);
+    let gate = serde_json::json!({
+        "version": version,
+        "current": cur_dir.manifest.version,
+        "margin": margin,
+        "published": wins,
+        "train": report,
+        "candidate": cand_scores,
+        "current_scores": cur_scores,
+        "scorer": scorer,
+        "candidate_by_scorer": by_scorer,
+    });
+    println!("{gate}");
+
+    // Record the chosen scorer and dev scores (the manifest is not among the checksummed files).
+    let mut m = cand.manifest.clone();
+    m.scorer = scorer;
+    m.dev_scores = cand_scores
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap()))
+        .collect();
+    std::fs::write(
+        staging.join(model::MANIFEST_FILE),
+        serde_json::to_vec_pretty(&m)?,
+    )?;
+    std::fs::write(
+        staging.join("report.json"),
+        serde_json::to_vec_pretty(&gate)?,
+    )?;
+    if !wins {
+        let dest = registry.join("rejected").join(&version);
+        std::fs::create_dir_all(dest.parent().unwrap())?;
+        std::fs::rename(&staging, &dest)?;
+        eprintln!("candidate {version} is not better than {} on every dev task: kept in {} with its report, not published", cur_dir.manifest.version, dest.display());
+        return Ok(());
+    }
+    let dest = registry.join(&version);
+    std::fs::rename(&staging, &dest)?;
+    let link_tmp = registry.join(format!(".current-{version}"));
+    let _ = std::fs::remove_file(&link_tmp);
+    std::os::unix::fs::symlink(&version, &link_tmp)?;
+    std::fs::rename(&link_tmp, registry.join("current"))?;
+    eprintln!("published {} (registry/current)", dest.display());
+    if let Some(b) = brokers {
+        let announce = serde_json::json!({
+            "version": version,
+            "path": std::fs::canonicalize(&dest)?,
+            "sha256": m.files.get(model::ONNX_FILE),
+            "dev_scores": m.dev_scores,
+        });
+        let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .create()?;
+        let payload = announce.to_string();
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::<str, str>::to(&control_topic)
+                    .key(version.as_str())
+                    .payload(&payload),
+            )
+            .map_err(|(e, _)| e)?;
+        rdkafka::producer::Producer::flush(&producer, std::time::Duration::from_secs(30))?;
+        eprintln!("announced on {control_topic}");
+    }
+    Ok(())
+}
+
+/// The model a candidate would replace: `--current`, else the registry's `current`, else
+/// `models/default`.
+fn current_dir(current: Option<&Path>, registry: &Path) -> PathBuf {
+    match current {
+        Some(c) => c.to_path_buf(),
+        None if registry.join("current").exists() => registry.join("current"),
+        None => PathBuf::from("models/default"),
+    }
+}
