@@ -3,6 +3,7 @@
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::{ClientContext, Statistics};
 
@@ -189,4 +190,17 @@ pub fn copy_headers<H: Headers>(h: Option<&H>) -> Vec<(String, Option<Vec<u8>>)>
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// Runs a blocking librdkafka call (transactions, commits) off the async threads.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, KafkaError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "blocking Kafka call panicked");
+            Err(KafkaError::Canceled)
+        }
+    }
 }

@@ -12,6 +12,10 @@
 //! partitions are paused. In at-least-once mode an offset is stored for commit only once
 //! it and every offset before it are acknowledged; in exactly-once mode each batch's
 //! records and offsets commit in one transaction.
+//!
+//! Files: the source, batch stage, dispatch to the encoder and the wiring are in
+//! `pipeline.rs`; the sink trait, its at-least-once and transactional implementations and the
+//! dead letters are in `sink/`; offsets in `offsets.rs`; hot swap in `swap.rs`.
 
 pub mod batcher;
 pub mod codec;
@@ -22,6 +26,7 @@ pub mod http;
 pub mod kafka;
 pub mod offsets;
 pub mod pipeline;
+mod sink;
 pub mod swap;
 
 pub use config::PipelineConfig;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -17,8 +17,9 @@ use super::config::{Delivery, PipelineConfig};
 use super::enrich::{self, EnrichedRecord, Plan, SourceRef};
 use super::event::Event;
 use super::http::Health;
-use super::kafka::{self, copy_headers, Ctx, OutRecord};
+use super::kafka::{self, blocking, copy_headers, Ctx, OutRecord};
 use super::offsets::{OffsetTracker, Tp};
+use super::sink::{self, dead_letter, DeadLetterSource, Pending, Sink};
 use super::swap::{self, Servings};
 use crate::encoder::service::{Encoded, EncoderService};
 use crate::error::{ErrorClass, ModelError};
@@ -78,7 +79,7 @@ struct Item {
 struct Shared {
     cfg: PipelineConfig,
     servings: Servings,
-    consumer: StreamConsumer<Ctx>,
+    consumer: Arc<StreamConsumer<Ctx>>,
     producer: FutureProducer,
     tracker: Arc<OffsetTracker>,
     encoder: EncoderService,
@@ -126,7 +127,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         servings,
-        consumer,
+        consumer: Arc::new(consumer),
         producer,
         tracker,
         encoder,
@@ -150,7 +151,25 @@ pub async fn run(
     let (fatal_tx, mut fatal_rx) = watch::channel::<Option<String>>(None);
 
     let batcher = tokio::spawn(batch_stage(shared.clone(), item_rx, batch_tx));
-    let sink = tokio::spawn(sink_stage(shared.clone(), batch_rx, fatal_tx.clone()));
+    let sink = match cfg.kafka.delivery {
+        Delivery::AtLeastOnce => {
+            let s = sink::AtLeastOnce {
+                pipeline: name.clone(),
+                producer: shared.producer.clone(),
+                consumer: shared.consumer.clone(),
+                tracker: shared.tracker.clone(),
+            };
+            tokio::spawn(sink_stage(shared.clone(), s, batch_rx, fatal_tx.clone()))
+        }
+        Delivery::ExactlyOnce => {
+            let s = sink::Transactional {
+                pipeline: name.clone(),
+                producer: shared.producer.clone(),
+                consumer: shared.consumer.clone(),
+            };
+            tokio::spawn(sink_stage(shared.clone(), s, batch_rx, fatal_tx.clone()))
+        }
+    };
 
     // Source: the consumer loop runs here until shutdown or a fatal error.
     let mut summary = RunSummary::default();
@@ -325,18 +344,6 @@ async fn verify_commits(shared: &Arc<Shared>) -> bool {
     false
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
-) -> Result<T, KafkaError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "blocking Kafka call panicked");
-            Err(KafkaError::Canceled)
-        }
-    }
-}
-
 /// Decodes; transient failures (schema registry down) are retried with backoff, never
 /// dead-lettered. `None` when shutdown interrupted the retries.
 async fn decode_with_retry(
@@ -486,63 +493,28 @@ fn build_outputs(shared: &Shared, batch: &[Item], enc: &Encoded) -> Vec<OutRecor
                     dead: None,
                 }
             }
-            Verdict::Dead(e) => dead_letter(shared, item, e.class, e.reason, &e.msg),
+            Verdict::Dead(e) => dead_letter(
+                &shared.cfg.kafka.dead_letter_topic,
+                &shared.cfg.pipeline.name,
+                DeadLetterSource {
+                    tp: &item.tp,
+                    offset: item.offset,
+                    key: &item.key,
+                    payload: &item.payload,
+                    headers: &item.headers,
+                },
+                e.class,
+                e.reason,
+                &e.msg,
+            ),
         })
         .collect()
 }
 
-fn dead_letter(
-    shared: &Shared,
-    item: &Item,
-    class: ErrorClass,
-    reason: &'static str,
-    msg: &str,
-) -> OutRecord {
-    let mut headers = item.headers.clone();
-    let mut add = |k: &str, v: String| headers.push((k.to_string(), Some(v.into_bytes())));
-    add("uwe.error.class", class.as_str().into());
-    add("uwe.error.reason", reason.into());
-    add("uwe.error.message", msg.chars().take(2000).collect());
-    add("uwe.source.topic", item.tp.0.clone());
-    add("uwe.source.partition", item.tp.1.to_string());
-    add("uwe.source.offset", item.offset.to_string());
-    add("uwe.pipeline", shared.cfg.pipeline.name.clone());
-    OutRecord {
-        topic: shared.cfg.kafka.dead_letter_topic.clone(),
-        key: item.key.clone(),
-        payload: item.payload.clone().unwrap_or_default(),
-        headers,
-        dead: Some(reason),
-    }
-}
-
-/// Enqueues one record, waiting while librdkafka's queue is full.
-async fn enqueue(
-    producer: &FutureProducer,
-    r: &OutRecord,
-) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
-    loop {
-        let mut fr = FutureRecord::to(&r.topic)
-            .payload(&r.payload)
-            .headers(r.owned_headers());
-        if let Some(k) = &r.key {
-            fr = fr.key(k);
-        }
-        match producer.send_result(fr) {
-            Ok(f) => return Ok(f),
-            Err((
-                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                _,
-            )) => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
-async fn sink_stage(
+/// Awaits each batch's encoding, ranks it into outputs, and hands them to the sink.
+async fn sink_stage<S: Sink>(
     shared: Arc<Shared>,
+    sink: S,
     mut rx: mpsc::Receiver<Dispatched>,
     fatal: watch::Sender<Option<String>>,
 ) {
@@ -570,148 +542,21 @@ async fn sink_stage(
         .await
         .expect("ranking does not panic");
         metrics::histogram!(t::RANK_SECONDS).record(started.elapsed().as_secs_f64());
-        let r = match shared.cfg.kafka.delivery {
-            Delivery::AtLeastOnce => send_at_least_once(&shared, batch, outs).await,
-            Delivery::ExactlyOnce => send_transaction(&shared, batch, outs).await,
-        };
-        if let Err(e) = r {
+        let pending = batch
+            .into_iter()
+            .map(|i| Pending {
+                tp: i.tp,
+                offset: i.offset,
+                epoch: i.epoch,
+                timestamp_ms: i.timestamp_ms,
+                permit: i.permit,
+            })
+            .collect();
+        if let Err(e) = sink.send(pending, outs).await {
             let _ = fatal.send(Some(format!("pipeline {name}: {e}")));
             return;
         }
     }
-}
-
-fn record_delivered(pipeline: &str, r: &OutRecord, timestamp_ms: Option<i64>) {
-    match r.dead {
-        Some(reason) => metrics::counter!(t::RECORDS_DEAD_LETTERED_TOTAL, "pipeline" => pipeline.to_string(), "reason" => reason).increment(1),
-        None => metrics::counter!(t::RECORDS_OUT_TOTAL, "pipeline" => pipeline.to_string()).increment(1),
-    }
-    if let Some(ts) = timestamp_ms {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as i64;
-        metrics::histogram!(t::END_TO_END_LATENCY_SECONDS, "pipeline" => pipeline.to_string())
-            .record((now - ts).max(0) as f64 / 1000.0);
-    }
-}
-
-async fn send_at_least_once(
-    shared: &Arc<Shared>,
-    batch: Vec<Item>,
-    outs: Vec<OutRecord>,
-) -> Result<(), KafkaError> {
-    for (item, out) in batch.into_iter().zip(outs) {
-        shared.tracker.register(&item.tp, item.offset, item.epoch);
-        metrics::gauge!(t::IN_FLIGHT_EVENTS, "pipeline" => shared.cfg.pipeline.name.clone())
-            .set(shared.tracker.in_flight() as f64);
-        // Enqueued in order here; acknowledgements are awaited concurrently.
-        let fut = enqueue(&shared.producer, &out).await?;
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut fut = fut;
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                match fut.await {
-                    Ok(Ok(_)) => break,
-                    Ok(Err((e, _))) => {
-                        tracing::warn!(error = %e, topic = %out.topic, "delivery failed, retrying")
-                    }
-                    Err(_) => tracing::warn!(topic = %out.topic, "delivery canceled, retrying"),
-                }
-                metrics::counter!(t::DELIVERY_RETRIES_TOTAL, "pipeline" => shared.cfg.pipeline.name.clone()).increment(1);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                fut = loop {
-                    match enqueue(&shared.producer, &out).await {
-                        Ok(f) => break f,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "enqueue failed, retrying");
-                            tokio::time::sleep(backoff).await;
-                        }
-                    }
-                };
-            }
-            record_delivered(&shared.cfg.pipeline.name, &out, item.timestamp_ms);
-            if let Some(next) = shared.tracker.ack(&item.tp, item.offset, item.epoch) {
-                // Fails only when the partition was revoked meanwhile: its new owner re-reads.
-                // librdkafka's rd_kafka_offset_store commits `offset + 1`: pass the last acknowledged one.
-                if let Err(e) = shared
-                    .consumer
-                    .store_offset(&item.tp.0, item.tp.1, next - 1)
-                {
-                    tracing::debug!(error = %e, "offset not stored (partition revoked?)");
-                }
-            }
-            metrics::gauge!(t::IN_FLIGHT_EVENTS, "pipeline" => shared.cfg.pipeline.name.clone())
-                .set(shared.tracker.in_flight() as f64);
-            drop(item.permit);
-        });
-    }
-    Ok(())
-}
-
-async fn send_transaction(
-    shared: &Arc<Shared>,
-    batch: Vec<Item>,
-    outs: Vec<OutRecord>,
-) -> Result<(), KafkaError> {
-    let mut backoff = Duration::from_millis(200);
-    let mut offsets = std::collections::BTreeMap::<Tp, i64>::new();
-    for i in &batch {
-        offsets.insert(i.tp.clone(), i.offset + 1);
-    }
-    loop {
-        let attempt: Result<(), KafkaError> = async {
-            let p = shared.producer.clone();
-            blocking(move || p.begin_transaction()).await?;
-            let mut futs = Vec::with_capacity(outs.len());
-            for o in &outs {
-                futs.push(enqueue(&shared.producer, o).await?);
-            }
-            for f in futs {
-                match f.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(e),
-                    Err(_) => return Err(KafkaError::Canceled),
-                }
-            }
-            let mut tpl = TopicPartitionList::new();
-            for ((topic, part), off) in &offsets {
-                tpl.add_partition_offset(topic, *part, rdkafka::Offset::Offset(*off))?;
-            }
-            let cgm = shared.consumer.group_metadata().ok_or_else(|| {
-                KafkaError::Subscription("the consumer has not joined its group yet".into())
-            })?;
-            let p = shared.producer.clone();
-            blocking(move || {
-                p.send_offsets_to_transaction(&tpl, &cgm, Duration::from_secs(30))?;
-                p.commit_transaction(Duration::from_secs(30))
-            })
-            .await
-        }
-        .await;
-        match attempt {
-            Ok(()) => break,
-            Err(e) => {
-                if let KafkaError::Transaction(te) = &e {
-                    if te.is_fatal() {
-                        return Err(e);
-                    }
-                }
-                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "transaction failed, aborting and retrying the batch");
-                metrics::counter!(t::DELIVERY_RETRIES_TOTAL, "pipeline" => shared.cfg.pipeline.name.clone()).increment(1);
-                let p = shared.producer.clone();
-                let _ = blocking(move || p.abort_transaction(Duration::from_secs(30))).await;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-    for (item, out) in batch.into_iter().zip(&outs) {
-        record_delivered(&shared.cfg.pipeline.name, out, item.timestamp_ms);
-    }
-    Ok(())
 }
 
 /// Follows `registry/current` and swaps models between batches (see [`swap`]).
