@@ -15,7 +15,8 @@
 //!
 //! Files: the source, batch stage, dispatch to the encoder and the wiring are in
 //! `pipeline.rs`; the sink trait, its at-least-once and transactional implementations and the
-//! dead letters are in `sink/`; offsets in `offsets.rs`; hot swap in `swap.rs`.
+//! dead letters are in `sink/`; offsets in `offsets.rs`; the registry watcher in `watcher.rs`, the
+//! hot swap's loading, shadow scoring and rollback in `swap.rs`.
 
 pub mod batcher;
 pub mod codec;
@@ -28,6 +29,7 @@ pub mod offsets;
 pub mod pipeline;
 mod sink;
 pub mod swap;
+mod watcher;
 
 pub use config::PipelineConfig;
 pub use pipeline::{run, ConnectorError};

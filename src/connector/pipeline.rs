@@ -21,6 +21,7 @@ use super::kafka::{self, blocking, copy_headers, Ctx, OutRecord};
 use super::offsets::{OffsetTracker, Tp};
 use super::sink::{self, dead_letter, DeadLetterSource, Pending, Sink};
 use super::swap::{self, Servings};
+use super::watcher;
 use crate::encoder::service::{Encoded, EncoderService};
 use crate::error::{ErrorClass, ModelError};
 use crate::telemetry as t;
@@ -78,12 +79,12 @@ struct Item {
 
 struct Shared {
     cfg: PipelineConfig,
-    servings: Servings,
+    servings: Arc<Servings>,
     consumer: Arc<StreamConsumer<Ctx>>,
     producer: FutureProducer,
     tracker: Arc<OffsetTracker>,
     encoder: EncoderService,
-    shadow: swap::ShadowSamples,
+    shadow: Arc<swap::ShadowSamples>,
 }
 
 /// Loads the model and spaces, connects to Kafka and runs the pipeline until `shutdown`
@@ -126,16 +127,21 @@ pub async fn run(
 
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
-        servings,
+        servings: Arc::new(servings),
         consumer: Arc::new(consumer),
         producer,
         tracker,
         encoder,
-        shadow: swap::ShadowSamples::new(cfg.model.shadow_share, 200),
+        shadow: Arc::new(swap::ShadowSamples::new(cfg.model.shadow_share, 200)),
     });
     let watcher = match (&cfg.model.registry, &cfg.model.pin) {
-        (Some(registry), None) => Some(tokio::spawn(watch_registry(
-            shared.clone(),
+        (Some(registry), None) => Some(tokio::spawn(watcher::watch_registry(
+            watcher::Watcher {
+                cfg: cfg.clone(),
+                servings: shared.servings.clone(),
+                encoder: shared.encoder.clone(),
+                shadow: shared.shadow.clone(),
+            },
             registry.clone(),
             model_version.clone(),
             shutdown.clone(),
@@ -556,106 +562,5 @@ async fn sink_stage<S: Sink>(
             let _ = fatal.send(Some(format!("pipeline {name}: {e}")));
             return;
         }
-    }
-}
-
-/// Follows `registry/current` and swaps models between batches (see [`swap`]).
-async fn watch_registry(
-    shared: Arc<Shared>,
-    registry: std::path::PathBuf,
-    mut serving: String,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let name = shared.cfg.pipeline.name.clone();
-    let every = Duration::from_millis(shared.cfg.model.watch_interval_ms);
-    let mut announcements = shared.cfg.model.control_topic.as_ref().and_then(|topic| {
-        let c: Result<StreamConsumer, _> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &shared.cfg.kafka.brokers)
-            .set("group.id", format!("{}-control-{}", shared.cfg.kafka.group_id, std::process::id()))
-            .set("auto.offset.reset", "latest")
-            .create();
-        match c.and_then(|c| c.subscribe(&[topic]).map(|_| c)) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e, topic, "cannot follow the control topic; polling the registry only");
-                None
-            }
-        }
-    });
-    let mut refused: Option<std::path::PathBuf> = None;
-    let mut serving_path = swap::current_target(&registry);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {},
-            _ = shutdown.changed() => return,
-            m = async { match &announcements { Some(c) => c.recv().await.map(|_| ()), None => std::future::pending().await } } => {
-                if let Err(e) = m {
-                    tracing::warn!(error = %e, "control topic error");
-                    announcements = None;
-                }
-            }
-        }
-        let Some(target) = swap::current_target(&registry) else {
-            continue;
-        };
-        if Some(&target) == serving_path.as_ref() || Some(&target) == refused.as_ref() {
-            continue;
-        }
-        tracing::info!(pipeline = %name, candidate = %target.display(), "new model in the registry, loading it in the background");
-        let started = Instant::now();
-        let cfg = shared.cfg.clone();
-        let dir = target.clone();
-        let samples = shared.shadow.snapshot();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let (mut enc, serving) = swap::load_serving(&dir, &cfg, false)?;
-            let overlap = swap::shadow_overlap(&mut enc, &serving, &samples)?;
-            Ok::<_, crate::error::ModelError>((enc, serving, overlap))
-        })
-        .await;
-        let (encoder, new_serving, overlap) = match loaded {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                tracing::error!(pipeline = %name, model = %target.display(), error = %e, "model refused; the current model keeps serving");
-                swap::record_swap("refused");
-                refused = Some(target);
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(pipeline = %name, model = %target.display(), error = %e, "model loader crashed; the current model keeps serving");
-                swap::record_swap("refused");
-                refused = Some(target);
-                continue;
-            }
-        };
-        let version = encoder.manifest().version.clone();
-        if let Some((ratio, events)) = overlap {
-            metrics::gauge!(t::MODEL_SHADOW_OVERLAP_RATIO, "pipeline" => name.clone()).set(ratio);
-            tracing::info!(pipeline = %name, candidate = %version, serving = %serving, events, top_k_overlap = ratio, "shadow-scored live events");
-            if ratio < shared.cfg.model.min_shadow_overlap {
-                tracing::error!(pipeline = %name, candidate = %version, top_k_overlap = ratio, min = shared.cfg.model.min_shadow_overlap, "model refused: its labels differ from the serving model's more than model.min_shadow_overlap allows; the current model keeps serving");
-                swap::record_swap("refused");
-                refused = Some(target);
-                continue;
-            }
-        }
-        shared
-            .servings
-            .insert(version.clone(), new_serving, &serving);
-        if let Err(e) = shared.encoder.swap(encoder).await {
-            tracing::error!(error = %e, "swap failed");
-            swap::record_swap("refused");
-            refused = Some(target);
-            continue;
-        }
-        metrics::gauge!(t::MODEL_INFO, "pipeline" => name.clone(), "version" => serving.clone())
-            .set(0.0);
-        metrics::gauge!(t::MODEL_INFO, "pipeline" => name.clone(), "version" => version.clone())
-            .set(1.0);
-        metrics::histogram!(t::MODEL_SWAP_SECONDS).record(started.elapsed().as_secs_f64());
-        swap::record_swap("swapped");
-        tracing::info!(pipeline = %name, from = %serving, to = %version, seconds = started.elapsed().as_secs_f64(), "model swapped");
-        serving = version;
-        serving_path = Some(target);
-        refused = None;
     }
 }
