@@ -45,8 +45,8 @@ pub(crate) struct BuildModelArgs {
     temperature: f32,
     #[arg(long, default_value_t = 100)]
     rerank_top: usize,
-    /// Also write an int8 graph (model.int8.onnx), served on CPU by default: linear
-    /// weights per output channel, activations quantised per call.
+    /// Also write an int8 graph (model.int8.onnx), served on CPU when `encoder.precision`
+    /// is int8 or auto: linear weights per output channel, activations quantised per call.
     #[arg(long, value_enum)]
     quantize: Option<QuantizeKind>,
 }
