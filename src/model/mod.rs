@@ -289,13 +289,39 @@ pub fn attach_mentions(
         .insert(spec.file.clone(), sha256_bytes(bytes));
     manifest.mentions = Some(spec.clone());
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    for (name, data) in [(spec.file.as_str(), bytes), (MANIFEST_FILE, &json[..])] {
+    replace_files(
+        dir,
+        &[(spec.file.as_str(), bytes), (MANIFEST_FILE, &json[..])],
+    )?;
+    Ok(manifest)
+}
+
+/// Writes each file of `files` into `dir` through a temporary file and a rename, in order,
+/// so a crash leaves every file either old or new (the manifest goes last).
+fn replace_files(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
+    for (name, data) in files {
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         std::fs::write(&tmp, data).map_err(ModelError::io(&tmp))?;
         let fin = dir.join(name);
         std::fs::rename(&tmp, &fin).map_err(ModelError::io(&fin))?;
     }
-    Ok(manifest)
+    Ok(())
+}
+
+/// Parses a Hugging Face `config.json`.
+fn read_bert_config(path: &Path) -> Result<BertConfig> {
+    let text = std::fs::read_to_string(path).map_err(ModelError::io(path))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
+/// Parses safetensors bytes read from `path`.
+fn parse_safetensors<'b>(bytes: &'b [u8], path: &Path) -> Result<safetensors::SafeTensors<'b>> {
+    safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+        ModelError::Weights(format!("{}: not a safetensors file: {e}", path.display()))
+    })
 }
 
 /// Adds the int8 graph to the model directory at `dir`, written from the same files it was
@@ -309,12 +335,7 @@ pub fn attach_int8(
 ) -> Result<ModelDir> {
     let current = ModelDir::open(dir)?;
     let mpath = dir.join(MANIFEST_FILE);
-    let bert: BertConfig =
-        serde_json::from_str(&std::fs::read_to_string(config).map_err(ModelError::io(config))?)
-            .map_err(|e| ModelError::Manifest {
-                path: config.to_path_buf(),
-                msg: e.to_string(),
-            })?;
+    let bert = read_bert_config(config)?;
     let wb = std::fs::read(weights).map_err(ModelError::io(weights))?;
     let tb = match trained {
         Some(p) => Some(std::fs::read(p).map_err(ModelError::io(p))?),
@@ -328,14 +349,9 @@ pub fn attach_int8(
             msg: "the weights given are not the ones this model was built from".into(),
         });
     }
-    fn parse<'b>(b: &'b [u8], p: &Path) -> Result<safetensors::SafeTensors<'b>> {
-        safetensors::SafeTensors::deserialize(b).map_err(|e| {
-            ModelError::Weights(format!("{}: not a safetensors file: {e}", p.display()))
-        })
-    }
-    let st = parse(&wb, weights)?;
+    let st = parse_safetensors(&wb, weights)?;
     let tt = match (&tb, trained) {
-        (Some(b), Some(p)) => Some(parse(b, p)?),
+        (Some(b), Some(p)) => Some(parse_safetensors(b, p)?),
         _ => None,
     };
     let q = graph::build_bert_onnx(&bert, &st, tt.as_ref(), Precision::Int8)?;
@@ -348,12 +364,7 @@ pub fn attach_int8(
         scheme: INT8_SCHEME.into(),
     });
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    for (name, data) in [(ONNX_INT8_FILE, &q[..]), (MANIFEST_FILE, &json[..])] {
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        std::fs::write(&tmp, data).map_err(ModelError::io(&tmp))?;
-        let fin = dir.join(name);
-        std::fs::rename(&tmp, &fin).map_err(ModelError::io(&fin))?;
-    }
+    replace_files(dir, &[(ONNX_INT8_FILE, &q[..]), (MANIFEST_FILE, &json[..])])?;
     ModelDir::open(dir)
 }
 
@@ -394,26 +405,15 @@ pub struct BuildSpec {
 /// Builds a model directory at `out` atomically: everything is written into a sibling
 /// temporary directory, fsynced, then renamed into place.
 pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
-    let cfg_text = std::fs::read_to_string(&spec.config).map_err(ModelError::io(&spec.config))?;
-    let bert: BertConfig = serde_json::from_str(&cfg_text).map_err(|e| ModelError::Manifest {
-        path: spec.config.clone(),
-        msg: e.to_string(),
-    })?;
+    let bert = read_bert_config(&spec.config)?;
     let weights = std::fs::read(&spec.weights).map_err(ModelError::io(&spec.weights))?;
-    let st = safetensors::SafeTensors::deserialize(&weights).map_err(|e| {
-        ModelError::Weights(format!(
-            "{}: not a safetensors file: {e}",
-            spec.weights.display()
-        ))
-    })?;
+    let st = parse_safetensors(&weights, &spec.weights)?;
     let head_bytes = match &spec.trained {
         Some(p) => Some(std::fs::read(p).map_err(ModelError::io(p))?),
         None => None,
     };
     let head = match (&head_bytes, &spec.trained) {
-        (Some(b), Some(p)) => Some(safetensors::SafeTensors::deserialize(b).map_err(|e| {
-            ModelError::Weights(format!("{}: not a safetensors file: {e}", p.display()))
-        })?),
+        (Some(b), Some(p)) => Some(parse_safetensors(b, p)?),
         _ => None,
     };
     let onnx = graph::build_bert_onnx(&bert, &st, head.as_ref(), Precision::F32)?;
