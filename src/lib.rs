@@ -11,9 +11,12 @@
 //! - [`encoder`]: the blocking encoder (token-budget batches, long-text windows, query
 //!   cache) and the service that runs it on its own thread.
 //! - [`space`]: target spaces and the disk cache of their embeddings.
-//! - [`mentions`]: the skill-mention tagger over token embeddings, its training and span scores.
+//! - [`mentions`]: the skill-mention tagger over token embeddings (`spans`: BIO decoding to
+//!   words; `gate`: the sentence gate; `file`: its safetensors file), its training and span
+//!   scores (`train`, `score`).
 //! - [`rank`]: pooled and soft late-interaction scoring.
-//! - [`connector`]: the Kafka pipeline (config, codec, batcher, enrichment, sink, topology).
+//! - [`connector`]: the Kafka pipeline, one file per stage: `source`, `batcher`, `ranker`,
+//!   `sink/`, `offsets`, wired by `pipeline` (see its Layout).
 //! - [`eval`]: MAP / RP@k / MRR on task files, dev-set converters, and the whole-posting
 //!   evaluation (noise share, span P/R/F1, label P/R).
 //! - [`text`]: sentence spans.

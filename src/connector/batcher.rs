@@ -3,8 +3,19 @@
 //! A batch closes when its estimated tokens reach the budget or when its oldest item has
 //! waited `max_wait`, so the encoder sees full batches under load and a lone event is not
 //! held long. Items leave in arrival order, which keeps per-partition order.
+//!
+//! [`Batcher`] is the queue; the batch stage (`stage`) feeds it from the source and starts
+//! each closed batch's encoding on the encoder thread while the ranker still works on the
+//! previous one.
 
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::source::{Item, Verdict};
+use crate::encoder::service::{Encoded, EncoderService};
+use crate::error::ModelError;
+use crate::telemetry as t;
 
 /// Accumulates items until the budget or the deadline.
 #[derive(Debug)]
@@ -67,6 +78,73 @@ impl<T> Batcher<T> {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+}
+
+/// A batch and the task encoding its texts, in dispatch order.
+pub(super) type Dispatched = (
+    Vec<Item>,
+    tokio::task::JoinHandle<Result<Encoded, ModelError>>,
+);
+
+/// The batch stage: batches `rx` under `max_tokens`/`max_wait` and sends each batch, its
+/// encoding started, to `tx`. Returns when `rx` closes (after the last partial batch) or the
+/// next stage is gone.
+pub(super) async fn stage(
+    encoder: EncoderService,
+    max_tokens: usize,
+    max_wait: Duration,
+    mut rx: mpsc::Receiver<Item>,
+    tx: mpsc::Sender<Dispatched>,
+) {
+    let mut batcher = Batcher::new(max_tokens, max_wait);
+    loop {
+        let deadline = batcher.deadline();
+        let ready = tokio::select! {
+            item = rx.recv() => match item {
+                Some(it) => {
+                    let tokens = it.tokens();
+                    batcher.push(it, tokens, Instant::now())
+                }
+                None => {
+                    let rest = batcher.take();
+                    if !rest.is_empty() {
+                        dispatch(&encoder, rest, &tx).await;
+                    }
+                    return;
+                }
+            },
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded").into()).await }, if deadline.is_some() => {
+                batcher.poll(Instant::now())
+            }
+        };
+        if let Some(batch) = ready {
+            if !dispatch(&encoder, batch, &tx).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Starts encoding `batch` and hands it on; false when the next stage is gone.
+async fn dispatch(
+    encoder: &EncoderService,
+    batch: Vec<Item>,
+    tx: &mpsc::Sender<Dispatched>,
+) -> bool {
+    let texts: Vec<String> = batch
+        .iter()
+        .flat_map(|i| match &i.verdict {
+            Verdict::Good(_, p) => p.texts.clone(),
+            Verdict::Dead(_) => vec![],
+        })
+        .collect();
+    metrics::histogram!(t::BATCH_EVENTS).record(batch.len() as f64);
+    metrics::histogram!(t::BATCH_TOKENS)
+        .record(batch.iter().map(Item::tokens).sum::<usize>() as f64);
+    let enc = encoder.clone();
+    // Encoding starts now, while the ranker and sink still work on the previous batch.
+    let handle = tokio::spawn(async move { enc.encode(texts).await });
+    tx.send((batch, handle)).await.is_ok()
 }
 
 #[cfg(test)]

@@ -13,10 +13,21 @@
 //! it and every offset before it are acknowledged; in exactly-once mode each batch's
 //! records and offsets commit in one transaction.
 //!
-//! Files: the source, batch stage, dispatch to the encoder and the wiring are in
-//! `pipeline.rs`; the sink trait, its at-least-once and transactional implementations and the
-//! dead letters are in `sink/`; offsets in `offsets.rs`; the registry watcher in `watcher.rs`, the
-//! hot swap's loading, shadow scoring and rollback in `swap.rs`.
+//! # Layout
+//!
+//! - `pipeline.rs`: the wiring; creates the clients, spawns each stage with its part of the
+//!   config and its channels, owns shutdown and the drain.
+//! - `source.rs`: consume, decode and classify, permits and pause/resume.
+//! - `batcher.rs`: the token-budget queue and the batch stage that starts encoding.
+//! - `ranker.rs`: awaits a batch's encoding, builds enriched records and dead letters
+//!   (enrichment itself: `enrich.rs`).
+//! - `sink/`: the `Sink` trait, its at-least-once and transactional
+//!   implementations, dead letters.
+//! - `offsets.rs`: which offsets may be committed, and the verified final commit.
+//! - `kafka.rs`: client settings and the consumer context (rebalance callbacks).
+//! - `codec.rs`, `event.rs`: decoding events and the texts they offer.
+//! - `watcher.rs`, `swap.rs`: the registry watcher; loading, shadow scoring and rollback.
+//! - `config/`: pipeline files; `http.rs`: `/metrics`, `/health`, `/ready`.
 
 pub mod batcher;
 pub mod codec;
@@ -27,7 +38,9 @@ pub mod http;
 pub mod kafka;
 pub mod offsets;
 pub mod pipeline;
+mod ranker;
 mod sink;
+mod source;
 pub mod swap;
 mod watcher;
 

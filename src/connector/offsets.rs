@@ -5,9 +5,19 @@
 //! still gets its output, but never moves the partition's offset again: after the partition
 //! is assigned back, its late acknowledgement would store an offset below the one the other
 //! owner committed meanwhile, and the commit would go backwards.
+//!
+//! [`commit_final`] is the at-least-once shutdown commit, checked by reading the group's
+//! offsets back.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::kafka::{blocking, Ctx};
 
 /// A topic-partition.
 pub type Tp = (String, i32);
@@ -100,6 +110,80 @@ impl OffsetTracker {
             .map(|q| q.len())
             .sum()
     }
+}
+
+/// The final commit at shutdown, retried (right after a broker outage the group coordinator
+/// may still be moving), then checked by [`verify_commits`]. False when the group's committed
+/// offsets could not be brought up to what `tracker` stored.
+pub(super) async fn commit_final(
+    consumer: Arc<StreamConsumer<Ctx>>,
+    tracker: Arc<OffsetTracker>,
+) -> bool {
+    let mut committed = false;
+    for attempt in 0..10 {
+        let c = consumer.clone();
+        match blocking(move || c.commit_consumer_state(CommitMode::Sync)).await {
+            Ok(()) => committed = true,
+            // Nothing stored since the last commit.
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+                committed = true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "final commit failed, retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        if committed {
+            break;
+        }
+    }
+    committed && verify_commits(consumer, tracker).await
+}
+
+/// Reads the group's committed offsets back and commits again, explicitly, any that stayed
+/// below what was stored. Auto-commits are sent in the background: one sent before the final
+/// commit can be applied after it by a broker that handles requests concurrently, and move a
+/// committed offset back (seen against tansu), which would re-deliver events on restart.
+async fn verify_commits(consumer: Arc<StreamConsumer<Ctx>>, tracker: Arc<OffsetTracker>) -> bool {
+    for attempt in 0..10 {
+        let (c, t) = (consumer.clone(), tracker.clone());
+        let behind = blocking(move || {
+            let want = t.stored();
+            if want.is_empty() {
+                return Ok(0);
+            }
+            let mut tpl = TopicPartitionList::new();
+            for ((t, p), _) in &want {
+                tpl.add_partition(t, *p);
+            }
+            let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+            let mut fix = TopicPartitionList::new();
+            for ((t, p), o) in &want {
+                let committed = got
+                    .find_partition(t, *p)
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(-1);
+                if committed < *o {
+                    fix.add_partition_offset(t, *p, Offset::Offset(*o))?;
+                }
+            }
+            if fix.count() > 0 {
+                tracing::warn!(partitions = fix.count(), "committed offsets behind the stored ones after the final commit; committing them again");
+                c.commit(&fix, CommitMode::Sync)?;
+            }
+            Ok(fix.count())
+        })
+        .await;
+        match behind {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "reading back the committed offsets failed, retrying")
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
 
 #[cfg(test)]

@@ -10,9 +10,15 @@
 //! A mention is ranked by the mean of its contextual token embeddings (see
 //! [`span_embedding`]): no second encoder pass.
 
+mod attach;
+mod file;
+mod gate;
+mod score;
+mod spans;
 pub mod train;
 
-use std::path::Path;
+pub use file::to_safetensors;
+pub use spans::{decode_bio, snap_to_words, trim_function_words};
 
 use serde::{Deserialize, Serialize};
 
@@ -172,85 +178,6 @@ impl MentionHead {
         })
     }
 
-    /// Loads the head a manifest names from the model directory `dir`.
-    pub fn load(dir: &Path, spec: &MentionSpec, dim: usize) -> Result<Self> {
-        let path = dir.join(&spec.file);
-        let bytes = std::fs::read(&path).map_err(ModelError::io(&path))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-            ModelError::Weights(format!("{}: not a safetensors file: {e}", path.display()))
-        })?;
-        let get = |name: &str| -> Result<Vec<f32>> {
-            let t = st
-                .tensor(name)
-                .map_err(|e| ModelError::Weights(format!("{}: {name}: {e}", path.display())))?;
-            if t.dtype() != safetensors::Dtype::F32 {
-                return Err(ModelError::Weights(format!(
-                    "{}: {name} is {:?}, expected F32",
-                    path.display(),
-                    t.dtype()
-                )));
-            }
-            Ok(t.data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect())
-        };
-        let mut h = MentionHead::new(dim, spec.hidden, get(W1)?, get(B1)?, get(W2)?, get(B2)?)
-            .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))?;
-        if h.sentence != spec.sentence_context {
-            return Err(ModelError::Weights(format!(
-                "{}: the weights {} the sentence embedding but the manifest says \
-                 sentence_context = {}: retrain the tagger with `uwe-trainer mentions`",
-                path.display(),
-                if h.sentence { "read" } else { "do not read" },
-                spec.sentence_context
-            )));
-        }
-        if st.names().contains(&GATE_W) {
-            let (w, b) = (get(GATE_W)?, get(GATE_B)?);
-            if w.len() != dim || b.len() != 1 {
-                return Err(ModelError::Weights(format!(
-                    "{}: the sentence gate has {} weights and {} biases, expected {dim} and 1: \
-                     retrain the tagger with `uwe-trainer mentions`",
-                    path.display(),
-                    w.len(),
-                    b.len()
-                )));
-            }
-            h.gate = Some((w, b[0]));
-        }
-        if let Some(g) = spec.sentence_gate {
-            if h.gate.is_none() {
-                return Err(ModelError::Weights(format!(
-                    "{}: the manifest sets sentence_gate = {g} but the file holds no gate: \
-                     retrain the tagger with `uwe-trainer mentions`",
-                    path.display()
-                )));
-            }
-            h.gate_threshold = g;
-        }
-        h.threshold = spec.threshold;
-        h.knowledge_threshold = spec.knowledge_threshold.unwrap_or(spec.threshold);
-        h.label_threshold = spec.label_threshold;
-        Ok(h)
-    }
-
-    /// The weights as named f32 tensors `(name, shape, values)`, for writing.
-    pub fn tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
-        let width = Self::feature_width(self.dim, self.sentence);
-        let mut v = vec![
-            (W1, vec![width, self.hidden], &self.w1[..]),
-            (B1, vec![self.hidden], &self.b1[..]),
-            (W2, vec![self.hidden, N_LOGITS], &self.w2[..]),
-            (B2, vec![N_LOGITS], &self.b2[..]),
-        ];
-        if let Some((w, b)) = &self.gate {
-            v.push((GATE_W, vec![self.dim], &w[..]));
-            v.push((GATE_B, vec![1], std::slice::from_ref(b)));
-        }
-        v
-    }
-
     /// Hidden units.
     pub fn hidden(&self) -> usize {
         self.hidden
@@ -402,123 +329,6 @@ fn softmax3(x: &[f32]) -> [f32; 3] {
     [e[0] / s, e[1] / s, e[2] / s]
 }
 
-/// Token spans `(first, end, mean confidence)` from per-token `[P(O), P(B), P(I)]`.
-///
-/// A token is inside when `P(B) + P(I) > threshold`; a span starts at an inside token that
-/// follows an outside one or whose `P(B)` beats `P(I)`, and runs while tokens stay inside and
-/// lean to `I`.
-pub fn decode_bio<'a>(
-    n: usize,
-    threshold: f32,
-    probs: impl Fn(usize) -> &'a [f32],
-) -> Vec<(usize, usize, f32)> {
-    let mut spans = Vec::new();
-    let mut cur: Option<(usize, f32)> = None;
-    for i in 0..n {
-        let p = probs(i);
-        let inside = p[1] + p[2] > threshold;
-        let begins = p[1] > p[2];
-        match (cur, inside) {
-            (Some((a, s)), true) if !begins => cur = Some((a, s + p[1] + p[2])),
-            (Some((a, s)), true) => {
-                spans.push((a, i, s / (i - a) as f32));
-                cur = Some((i, p[1] + p[2]));
-            }
-            (Some((a, s)), false) => {
-                spans.push((a, i, s / (i - a) as f32));
-                cur = None;
-            }
-            (None, true) => cur = Some((i, p[1] + p[2])),
-            (None, false) => {}
-        }
-    }
-    if let Some((a, s)) = cur {
-        spans.push((a, n, s / (n - a) as f32));
-    }
-    spans
-}
-
-/// Widens the byte range `a..b` of `text` to whole words (a word piece that starts or ends
-/// inside a word takes the word) and trims punctuation at its ends; `None` when nothing
-/// alphanumeric is left.
-pub fn snap_to_words(text: &str, a: usize, b: usize) -> Option<(usize, usize)> {
-    let (mut a, mut b) = (a.min(text.len()), b.min(text.len()));
-    if a >= b || !text.is_char_boundary(a) || !text.is_char_boundary(b) {
-        return None;
-    }
-    // Grow only from inside a word: a span starting right after a word is not part of it.
-    if text[a..].chars().next().is_some_and(char::is_alphanumeric) {
-        while let Some(c) = text[..a].chars().next_back() {
-            if !c.is_alphanumeric() {
-                break;
-            }
-            a -= c.len_utf8();
-        }
-    }
-    if text[..b]
-        .chars()
-        .next_back()
-        .is_some_and(char::is_alphanumeric)
-    {
-        while let Some(c) = text[b..].chars().next() {
-            if !c.is_alphanumeric() {
-                break;
-            }
-            b += c.len_utf8();
-        }
-    }
-    let s = &text[a..b];
-    let lead = s.len() - s.trim_start_matches(|c: char| !c.is_alphanumeric()).len();
-    // "C++", "C#", "F#": a trailing plus or hash belongs to the name.
-    let trail = s.len()
-        - s.trim_end_matches(|c: char| !c.is_alphanumeric() && c != '+' && c != '#')
-            .len();
-    (lead + trail < s.len()).then(|| (a + lead, b - trail))
-}
-
-/// Words that neither start nor end a skill mention in English ("Java and", "the quality",
-/// "of problems"); a mention made only of them ("our", "it") is none.
-const FUNCTION_WORDS: &[&str] = &[
-    "a", "an", "and", "any", "as", "at", "be", "by", "for", "from", "in", "into", "is", "it",
-    "its", "of", "on", "or", "our", "such", "that", "the", "their", "them", "these", "they",
-    "this", "those", "to", "up", "us", "we", "which", "who", "will", "with", "you", "your",
-];
-
-/// `[a, b)` of `text` without leading and trailing function words and the spaces and
-/// punctuation around them; `None` when nothing else is left.
-pub fn trim_function_words(text: &str, a: usize, b: usize) -> Option<(usize, usize)> {
-    let mut words: Vec<(usize, usize)> = Vec::new();
-    let mut start = None;
-    for (i, c) in text[a..b].char_indices() {
-        let i = a + i;
-        match (
-            c.is_alphanumeric() || c == '+' || c == '#' || c == '.',
-            start,
-        ) {
-            (true, None) => start = Some(i),
-            (false, Some(st)) => {
-                words.push((st, i));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(st) = start {
-        words.push((st, b));
-    }
-    let is_fn = |&(x, y): &(usize, usize)| {
-        let w = text[x..y].trim_end_matches('.').to_lowercase();
-        FUNCTION_WORDS.contains(&w.as_str())
-    };
-    let first = words.iter().position(|w| !is_fn(w))?;
-    let last = words.iter().rposition(|w| !is_fn(w))?;
-    if first == 0 && last + 1 == words.len() {
-        return Some((a, b));
-    }
-    let (s, e) = (words[first].0, words[last].1);
-    snap_to_words(text, s, e)
-}
-
 /// The embedding a mention is ranked with: the mean of its contextual token rows,
 /// normalised, as pooled vector; its rows as token embeddings (for a late scorer).
 pub fn span_embedding(emb: &TextEmbedding, tokens: (usize, usize)) -> TextEmbedding {
@@ -550,50 +360,6 @@ pub fn span_embedding(emb: &TextEmbedding, tokens: (usize, usize)) -> TextEmbedd
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bio_decoding_splits_on_begin_and_outside() {
-        // O B I O I B B I
-        let p: Vec<[f32; 3]> = vec![
-            [0.9, 0.05, 0.05],
-            [0.1, 0.8, 0.1],
-            [0.2, 0.1, 0.7],
-            [0.9, 0.05, 0.05],
-            [0.3, 0.2, 0.5],
-            [0.1, 0.6, 0.3],
-            [0.1, 0.6, 0.3],
-            [0.1, 0.2, 0.7],
-        ];
-        let spans: Vec<(usize, usize)> = decode_bio(p.len(), 0.5, |i| &p[i][..])
-            .into_iter()
-            .map(|(a, b, _)| (a, b))
-            .collect();
-        assert_eq!(spans, vec![(1, 3), (4, 5), (5, 6), (6, 8)]);
-        assert!(decode_bio(0, 0.5, |i| &p[i][..]).is_empty());
-    }
-
-    #[test]
-    fn function_words_are_trimmed_from_the_edges() {
-        let t = "Java and the quality of code, or our";
-        let cut = |a: usize, b: usize| trim_function_words(t, a, b).map(|(x, y)| &t[x..y]);
-        assert_eq!(cut(0, 8), Some("Java"));
-        assert_eq!(cut(9, 28), Some("quality of code"), "inside words stay");
-        assert_eq!(cut(30, 36), None, "function words alone are no mention");
-        assert_eq!(cut(0, 4), Some("Java"));
-        assert_eq!(trim_function_words("C++ and C#", 0, 10), Some((0, 10)));
-    }
-
-    #[test]
-    fn snapping_takes_whole_words_and_drops_punctuation() {
-        let t = "Experience with Kubernetes, Docker.";
-        let k = t.find("Kube").unwrap();
-        assert_eq!(snap_to_words(t, k + 2, k + 6), Some((k, k + 10)));
-        let d = t.find("Docker").unwrap();
-        assert_eq!(snap_to_words(t, d, t.len()), Some((d, d + 6)));
-        assert_eq!(snap_to_words(t, k + 10, k + 11), None, "a comma alone");
-        assert_eq!(snap_to_words("Zürich", 1, 2), None, "inside a character");
-        assert_eq!(snap_to_words("Zürich", 0, 1), Some((0, "Zürich".len())));
-    }
 
     fn head(dim: usize) -> MentionHead {
         // One hidden unit that fires on feature 0 of the token itself: skill B when it does.

@@ -1,6 +1,7 @@
 //! The `uwe-trainer` binary: one module per subcommand, each with its arguments.
 
 mod mentions;
+mod publish;
 mod train;
 
 use std::process::ExitCode;

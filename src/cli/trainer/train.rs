@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use super::publish;
 use crate::encoder::{Device, EncoderConfig};
-use crate::mentions::train as mtrain;
 use crate::model::{self, ModelDir, ScorerSpec};
-use crate::space::cache;
 use crate::train::{self, data, head::Objective, TrainSpec};
 
 /// Arguments of `uwe-trainer train`.
@@ -107,10 +106,6 @@ fn parse_repeat(s: &str) -> Result<(String, usize), String> {
         .and_then(|(src, n)| Some((src.trim().to_string(), n.trim().parse().ok()?)))
         .filter(|(src, n)| !src.is_empty() && *n >= 1)
         .ok_or_else(|| format!("expected SOURCE=N with N ≥ 1 (for example job_title=3), got {s:?}"))
-}
-
-fn mean_map(s: &BTreeMap<String, crate::eval::Report>) -> f64 {
-    s.values().map(|r| r.map).sum::<f64>() / s.len().max(1) as f64
 }
 
 /// Runs `uwe-trainer train` with these arguments.
@@ -299,132 +294,25 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
     };
     std::fs::rename(&trained_path, staging.join(train::TRAINED_FILE))?;
 
-    // Gate: the candidate, with its better scorer, against the current model with its own.
-    let cache_dir = cache::default_cache_dir();
-    let tasks = train::default_dev_tasks(&data_dir);
-    let current = current.unwrap_or_else(|| current_dir(None, &registry));
-    let cur_dir =
-        ModelDir::open(&current).with_context(|| format!("current model {}", current.display()))?;
-    // A tagger reads the token embeddings the new layers changed: a current model with one
-    // gets a candidate with its own, retrained on the candidate's embeddings (about a minute),
-    // so that connectors ranking mentions can swap to it.
-    let cand = match &cur_dir.manifest.mentions {
-        Some(spec) => {
-            let opts = mtrain::TrainOptions {
-                hidden: spec.hidden,
-                sentence_context: spec.sentence_context,
-                ..Default::default()
-            };
-            let sk = data_dir.join("skillspan");
-            mtrain::train_and_attach(
-                &cand.path,
-                &[],
-                &sk.join("sentences_train.jsonl"),
-                &sk.join("sentences_dev.jsonl"),
-                &opts,
-                mtrain::Thresholds::Keep(spec),
-                &ecfg,
-            )
-            .context("retraining the mention tagger on the candidate")?;
-            ModelDir::open(&cand.path)?
-        }
-        None => cand,
-    };
-    let cur_scores = train::dev_scores(
-        &cur_dir,
-        &ecfg,
-        &tasks,
-        cur_dir.manifest.scorer,
-        &data_dir,
-        &cache_dir,
-    )?;
-    let cand_late = train::dev_scores(&cand, &ecfg, &tasks, late, &data_dir, &cache_dir)?;
-    let cand_pooled = train::dev_scores(
-        &cand,
-        &ecfg,
-        &tasks,
-        ScorerSpec::Pooled,
-        &data_dir,
-        &cache_dir,
-    )?;
-    let by_scorer = serde_json::json!({"late": &cand_late, "pooled": &cand_pooled});
-    let (scorer, cand_scores) = if mean_map(&cand_late) >= mean_map(&cand_pooled) {
-        (late, cand_late)
-    } else {
-        (ScorerSpec::Pooled, cand_pooled)
-    };
-    let wins = tasks
-        .iter()
-        .all(|t| cand_scores[&t.name].map >= cur_scores[&t.name].map + margin);
-    let gate = serde_json::json!({
-        "version": version,
-        "current": cur_dir.manifest.version,
-        "margin": margin,
-        "published": wins,
-        "train": report,
-        "candidate": cand_scores,
-        "current_scores": cur_scores,
-        "scorer": scorer,
-        "candidate_by_scorer": by_scorer,
-    });
-    println!("{gate}");
-
-    // Record the chosen scorer and dev scores (the manifest is not among the checksummed files).
-    let mut m = cand.manifest.clone();
-    m.scorer = scorer;
-    m.dev_scores = cand_scores
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap()))
-        .collect();
-    std::fs::write(
-        staging.join(model::MANIFEST_FILE),
-        serde_json::to_vec_pretty(&m)?,
-    )?;
-    std::fs::write(
-        staging.join("report.json"),
-        serde_json::to_vec_pretty(&gate)?,
-    )?;
-    if !wins {
-        let dest = registry.join("rejected").join(&version);
-        std::fs::create_dir_all(dest.parent().unwrap())?;
-        std::fs::rename(&staging, &dest)?;
-        eprintln!("candidate {version} is not better than {} on every dev task: kept in {} with its report, not published", cur_dir.manifest.version, dest.display());
-        return Ok(());
-    }
-    let dest = registry.join(&version);
-    std::fs::rename(&staging, &dest)?;
-    let link_tmp = registry.join(format!(".current-{version}"));
-    let _ = std::fs::remove_file(&link_tmp);
-    std::os::unix::fs::symlink(&version, &link_tmp)?;
-    std::fs::rename(&link_tmp, registry.join("current"))?;
-    eprintln!("published {} (registry/current)", dest.display());
-    if let Some(b) = brokers {
-        let announce = serde_json::json!({
-            "version": version,
-            "path": std::fs::canonicalize(&dest)?,
-            "sha256": m.files.get(model::ONNX_FILE),
-            "dev_scores": m.dev_scores,
-        });
-        let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &b)
-            .create()?;
-        let payload = announce.to_string();
-        producer
-            .send(
-                rdkafka::producer::BaseRecord::<str, str>::to(&control_topic)
-                    .key(version.as_str())
-                    .payload(&payload),
-            )
-            .map_err(|(e, _)| e)?;
-        rdkafka::producer::Producer::flush(&producer, std::time::Duration::from_secs(30))?;
-        eprintln!("announced on {control_topic}");
-    }
-    Ok(())
+    publish::gate_and_publish(publish::Candidate {
+        dir: cand,
+        version,
+        staging,
+        late,
+        report,
+        current,
+        registry,
+        data_dir,
+        ecfg,
+        margin,
+        brokers,
+        control_topic,
+    })
 }
 
 /// The model a candidate would replace: `--current`, else the registry's `current`, else
 /// `models/default`.
-fn current_dir(current: Option<&Path>, registry: &Path) -> PathBuf {
+pub(super) fn current_dir(current: Option<&Path>, registry: &Path) -> PathBuf {
     match current {
         Some(c) => c.to_path_buf(),
         None if registry.join("current").exists() => registry.join("current"),

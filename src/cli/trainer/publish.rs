@@ -1,0 +1,185 @@
+//! The end of `uwe-trainer train`: gate a candidate on the dev tasks against the current
+//! model, then publish it into the registry and announce it, or keep it aside as rejected.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::train::current_dir;
+use crate::encoder::EncoderConfig;
+use crate::mentions::train as mtrain;
+use crate::model::{self, ModelDir, ScorerSpec};
+use crate::space::cache;
+use crate::train;
+
+/// A trained candidate, staged in the registry, and what gating and publishing it need.
+pub(super) struct Candidate {
+    /// The staged model directory.
+    pub dir: ModelDir,
+    /// Its version name.
+    pub version: String,
+    /// Where it is staged (`<registry>/.staging-<version>`).
+    pub staging: PathBuf,
+    /// The late scorer it was trained with.
+    pub late: ScorerSpec,
+    /// The training run's report.
+    pub report: train::TrainReport,
+    /// `--current`, if given.
+    pub current: Option<PathBuf>,
+    /// The registry.
+    pub registry: PathBuf,
+    /// Data directory (dev tasks, SkillSpan).
+    pub data_dir: PathBuf,
+    /// Encoder settings for the dev scores.
+    pub ecfg: EncoderConfig,
+    /// How much better than the current model every dev task must be.
+    pub margin: f64,
+    /// Brokers to announce a published version on.
+    pub brokers: Option<String>,
+    /// The control topic it is announced on.
+    pub control_topic: String,
+}
+
+fn mean_map(s: &BTreeMap<String, crate::eval::Report>) -> f64 {
+    s.values().map(|r| r.map).sum::<f64>() / s.len().max(1) as f64
+}
+
+/// Gates the candidate and publishes it when it is at least as good on every dev task.
+pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<()> {
+    let Candidate {
+        dir: cand,
+        version,
+        staging,
+        late,
+        report,
+        current,
+        registry,
+        data_dir,
+        ecfg,
+        margin,
+        brokers,
+        control_topic,
+    } = c;
+    // Gate: the candidate, with its better scorer, against the current model with its own.
+    let cache_dir = cache::default_cache_dir();
+    let tasks = train::default_dev_tasks(&data_dir);
+    let current = current.unwrap_or_else(|| current_dir(None, &registry));
+    let cur_dir =
+        ModelDir::open(&current).with_context(|| format!("current model {}", current.display()))?;
+    // A tagger reads the token embeddings the new layers changed: a current model with one
+    // gets a candidate with its own, retrained on the candidate's embeddings (about a minute),
+    // so that connectors ranking mentions can swap to it.
+    let cand = match &cur_dir.manifest.mentions {
+        Some(spec) => {
+            let opts = mtrain::TrainOptions {
+                hidden: spec.hidden,
+                sentence_context: spec.sentence_context,
+                ..Default::default()
+            };
+            let sk = data_dir.join("skillspan");
+            mtrain::train_and_attach(
+                &cand.path,
+                &[],
+                &sk.join("sentences_train.jsonl"),
+                &sk.join("sentences_dev.jsonl"),
+                &opts,
+                mtrain::Thresholds::Keep(spec),
+                &ecfg,
+            )
+            .context("retraining the mention tagger on the candidate")?;
+            ModelDir::open(&cand.path)?
+        }
+        None => cand,
+    };
+    let cur_scores = train::dev_scores(
+        &cur_dir,
+        &ecfg,
+        &tasks,
+        cur_dir.manifest.scorer,
+        &data_dir,
+        &cache_dir,
+    )?;
+    let cand_late = train::dev_scores(&cand, &ecfg, &tasks, late, &data_dir, &cache_dir)?;
+    let cand_pooled = train::dev_scores(
+        &cand,
+        &ecfg,
+        &tasks,
+        ScorerSpec::Pooled,
+        &data_dir,
+        &cache_dir,
+    )?;
+    let by_scorer = serde_json::json!({"late": &cand_late, "pooled": &cand_pooled});
+    let (scorer, cand_scores) = if mean_map(&cand_late) >= mean_map(&cand_pooled) {
+        (late, cand_late)
+    } else {
+        (ScorerSpec::Pooled, cand_pooled)
+    };
+    let wins = tasks
+        .iter()
+        .all(|t| cand_scores[&t.name].map >= cur_scores[&t.name].map + margin);
+    let gate = serde_json::json!({
+        "version": version,
+        "current": cur_dir.manifest.version,
+        "margin": margin,
+        "published": wins,
+        "train": report,
+        "candidate": cand_scores,
+        "current_scores": cur_scores,
+        "scorer": scorer,
+        "candidate_by_scorer": by_scorer,
+    });
+    println!("{gate}");
+
+    // Record the chosen scorer and dev scores (the manifest is not among the checksummed files).
+    let mut m = cand.manifest.clone();
+    m.scorer = scorer;
+    m.dev_scores = cand_scores
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap()))
+        .collect();
+    std::fs::write(
+        staging.join(model::MANIFEST_FILE),
+        serde_json::to_vec_pretty(&m)?,
+    )?;
+    std::fs::write(
+        staging.join("report.json"),
+        serde_json::to_vec_pretty(&gate)?,
+    )?;
+    if !wins {
+        let dest = registry.join("rejected").join(&version);
+        std::fs::create_dir_all(dest.parent().unwrap())?;
+        std::fs::rename(&staging, &dest)?;
+        eprintln!("candidate {version} is not better than {} on every dev task: kept in {} with its report, not published", cur_dir.manifest.version, dest.display());
+        return Ok(());
+    }
+    let dest = registry.join(&version);
+    std::fs::rename(&staging, &dest)?;
+    let link_tmp = registry.join(format!(".current-{version}"));
+    let _ = std::fs::remove_file(&link_tmp);
+    std::os::unix::fs::symlink(&version, &link_tmp)?;
+    std::fs::rename(&link_tmp, registry.join("current"))?;
+    eprintln!("published {} (registry/current)", dest.display());
+    if let Some(b) = brokers {
+        let announce = serde_json::json!({
+            "version": version,
+            "path": std::fs::canonicalize(&dest)?,
+            "sha256": m.files.get(model::ONNX_FILE),
+            "dev_scores": m.dev_scores,
+        });
+        let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .create()?;
+        let payload = announce.to_string();
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::<str, str>::to(&control_topic)
+                    .key(version.as_str())
+                    .payload(&payload),
+            )
+            .map_err(|(e, _)| e)?;
+        rdkafka::producer::Producer::flush(&producer, std::time::Duration::from_secs(30))?;
+        eprintln!("announced on {control_topic}");
+    }
+    Ok(())
+}

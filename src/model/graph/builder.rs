@@ -1,0 +1,250 @@
+//! The graph builder: ONNX nodes and initializers with unique value names, weights looked
+//! up by their safetensors names, linear layers written in f32 or quantised to int8.
+
+use std::collections::HashMap;
+
+use safetensors::{Dtype, SafeTensors};
+
+use super::*;
+
+/// Collects nodes and initializers with unique value names.
+pub(super) struct Builder<'a> {
+    pub(super) nodes: Vec<NodeProto>,
+    pub(super) inits: Vec<TensorProto>,
+    /// Weight files, searched in order.
+    pub(super) weights: Vec<&'a SafeTensors<'a>>,
+    pub(super) used: HashMap<String, ()>,
+    pub(super) n: usize,
+    pub(super) precision: Precision,
+}
+
+pub(super) fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::INT),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+pub(super) fn attr_float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::FLOAT),
+        f: Some(v),
+        ..Default::default()
+    }
+}
+pub(super) fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::INTS),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+impl<'a> Builder<'a> {
+    pub(super) fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        self.n += 1;
+        let out = format!("{}_{}", op.to_lowercase(), self.n);
+        self.op_named(op, inputs, attrs, &out);
+        out
+    }
+
+    pub(super) fn op_named(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        out: &str,
+    ) {
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.to_string()],
+            name: Some(format!("n{}_{}", self.nodes.len(), op)),
+            op_type: Some(op.into()),
+            attribute: attrs,
+            domain: None,
+        });
+    }
+
+    pub(super) fn const_f32(&mut self, v: &[f32], dims: &[i64]) -> String {
+        self.n += 1;
+        let name = format!("const_f_{}", self.n);
+        self.inits.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: Some(data_type::FLOAT),
+            name: Some(name.clone()),
+            raw_data: Some(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        });
+        name
+    }
+
+    pub(super) fn const_i64(&mut self, v: &[i64], dims: &[i64]) -> String {
+        self.n += 1;
+        let name = format!("const_i_{}", self.n);
+        self.inits.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: Some(data_type::INT64),
+            name: Some(name.clone()),
+            raw_data: Some(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        });
+        name
+    }
+
+    /// The safetensors weight `name`, after checking its dtype and shape.
+    pub(super) fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<safetensors::tensor::TensorView<'a>> {
+        let t = self
+            .weights
+            .iter()
+            .find_map(|w| w.tensor(name).ok())
+            .ok_or_else(|| ModelError::Weights(format!("missing weight {name}")))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(ModelError::Weights(format!(
+                "weight {name} has dtype {:?}, expected F32",
+                t.dtype()
+            )));
+        }
+        if t.shape() != shape {
+            return Err(ModelError::Weights(format!(
+                "weight {name} has shape {:?}, the config expects {:?}; the weights do not belong to this config",
+                t.shape(),
+                shape
+            )));
+        }
+        Ok(t)
+    }
+
+    /// Adds the safetensors weight `name` as an initializer (once) after checking its shape.
+    pub(super) fn weight(&mut self, name: &str, shape: &[usize]) -> Result<String> {
+        if self.used.contains_key(name) {
+            return Ok(name.to_string());
+        }
+        let t = self.tensor(name, shape)?;
+        self.inits.push(TensorProto {
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: Some(data_type::FLOAT),
+            name: Some(name.into()),
+            raw_data: Some(t.data().to_vec()),
+        });
+        self.used.insert(name.into(), ());
+        Ok(name.to_string())
+    }
+
+    /// `x · Wᵀ (+ b)` with `W` (`[out, in]`) quantised per output channel to int8 and the
+    /// activations quantised per call (ONNX Runtime's `DynamicQuantizeMatMul`).
+    pub(super) fn matmul_int8(
+        &mut self,
+        x: &str,
+        w_name: &str,
+        bias: Option<&str>,
+        out: usize,
+        inp: usize,
+    ) -> Result<String> {
+        let t = self.tensor(w_name, &[out, inp])?;
+        let w: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let (q, scales) = quantize_per_channel(&w, out, inp);
+        self.used.insert(w_name.into(), ());
+        let qname = format!("{w_name}.int8");
+        self.inits.push(TensorProto {
+            dims: vec![inp as i64, out as i64],
+            data_type: Some(data_type::INT8),
+            name: Some(qname.clone()),
+            raw_data: Some(q.iter().map(|&v| v as u8).collect()),
+        });
+        let sname = format!("{w_name}.scale");
+        self.inits.push(TensorProto {
+            dims: vec![out as i64],
+            data_type: Some(data_type::FLOAT),
+            name: Some(sname.clone()),
+            raw_data: Some(scales.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        });
+        let mut inputs = vec![x.to_string(), qname, sname];
+        if let Some(b) = bias {
+            // The optional zero point stays empty: the weights are symmetric.
+            inputs.extend([String::new(), b.to_string()]);
+        }
+        self.n += 1;
+        let y = format!("dqmatmul_{}", self.n);
+        self.nodes.push(NodeProto {
+            input: inputs,
+            output: vec![y.clone()],
+            name: Some(format!("n{}_DynamicQuantizeMatMul", self.nodes.len())),
+            op_type: Some("DynamicQuantizeMatMul".into()),
+            domain: Some(MS_DOMAIN.into()),
+            attribute: vec![],
+        });
+        Ok(y)
+    }
+
+    /// `x · Wᵀ + b` for a Hugging Face `Linear` stored as `[out, in]`.
+    pub(super) fn linear(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<String> {
+        let w_name = format!("{prefix}.weight");
+        if self.precision == Precision::Int8 {
+            let b = self.weight(&format!("{prefix}.bias"), &[out])?;
+            return self.matmul_int8(x, &w_name, Some(&b), out, inp);
+        }
+        // Weight before bias: the initializer order is part of the graph's recorded sha256.
+        let w = self.weight(&w_name, &[out, inp])?;
+        let b = self.weight(&format!("{prefix}.bias"), &[out])?;
+        let wt = self.op("Transpose", &[&w], vec![attr_ints("perm", &[1, 0])]);
+        let y = self.op("MatMul", &[x, &wt], vec![]);
+        Ok(self.op("Add", &[&y, &b], vec![]))
+    }
+
+    pub(super) fn layer_norm(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        hidden: usize,
+        eps: f64,
+    ) -> Result<String> {
+        let g = self.weight(&format!("{prefix}.weight"), &[hidden])?;
+        let b = self.weight(&format!("{prefix}.bias"), &[hidden])?;
+        Ok(self.op(
+            "LayerNormalization",
+            &[x, &g, &b],
+            vec![attr_int("axis", -1), attr_float("epsilon", eps as f32)],
+        ))
+    }
+}
+
+pub(super) fn tensor_value(name: &str, elem: i32, dims: &[Result<i64, &str>]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeProtoTensor {
+                elem_type: Some(elem),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| match d {
+                            Ok(v) => Dimension {
+                                dim_value: Some(*v),
+                                dim_param: None,
+                            },
+                            Err(p) => Dimension {
+                                dim_value: None,
+                                dim_param: Some(p.to_string()),
+                            },
+                        })
+                        .collect(),
+                }),
+            }),
+        }),
+    }
+}
