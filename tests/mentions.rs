@@ -224,3 +224,54 @@ fn mentions_mode_through_the_broker_sends_every_record_out() {
     }
     assert!(c.terminate().success());
 }
+
+#[test]
+fn a_threshold_sweep_matches_single_runs_and_its_folds_pool() {
+    use uwe_connect::eval::postings::{self, OperatingPoint};
+    let (mut enc, s, _) = serving(200);
+    let ps = postings::read_postings(&root().join("data/skillspan/postings_dev.jsonl")).unwrap();
+    let ps = &ps[..4];
+    let t = postings::pick_target(&s, None).unwrap();
+    let head = s.mentions.as_deref().unwrap();
+    let here = OperatingPoint::of(head);
+    let strict = OperatingPoint {
+        label_threshold: here.label_threshold + 0.1,
+        ..here
+    };
+    let swept = postings::sweep(&mut enc, &s, t.clone(), ps, &[here, strict]).unwrap();
+    assert_eq!(swept.len(), 2);
+    let single = postings::evaluate(&mut enc, &s, t.clone(), None, ps, false, false).unwrap();
+    let (p0, r0) = &swept[0];
+    assert_eq!(*p0, here);
+    assert!(r0.totals.labels > 0, "four real postings give labels");
+    assert_eq!(
+        r0.totals.labels, single.totals.labels,
+        "one encoding, same labels"
+    );
+    assert_eq!(r0.totals.noise, single.totals.noise);
+    assert_eq!(r0.noise_share, single.noise_share);
+    assert_eq!(
+        serde_json::to_value(r0.spans).unwrap(),
+        serde_json::to_value(single.spans).unwrap()
+    );
+    // A higher label threshold keeps fewer labels, the same as a single run at that point.
+    let (_, r1) = &swept[1];
+    assert!(r1.totals.labels < r0.totals.labels);
+    let at_strict = Serving {
+        targets: s.targets.clone(),
+        scorer: s.scorer,
+        mentions: Some(Arc::new(strict.apply(head))),
+    };
+    let single_strict =
+        postings::evaluate(&mut enc, &at_strict, t.clone(), None, ps, false, false).unwrap();
+    assert_eq!(r1.totals.labels, single_strict.totals.labels);
+    assert_eq!(r1.totals.noise, single_strict.totals.noise);
+    // Reports of disjoint posting sets pool by their totals.
+    let a = postings::sweep(&mut enc, &s, t.clone(), &ps[..2], &[here]).unwrap();
+    let b = postings::sweep(&mut enc, &s, t, &ps[2..], &[here]).unwrap();
+    assert_eq!(
+        a[0].1.totals.labels + b[0].1.totals.labels,
+        r0.totals.labels
+    );
+    assert_eq!(a[0].1.totals.noise + b[0].1.totals.noise, r0.totals.noise);
+}

@@ -10,19 +10,22 @@
 //! A posting line (SkillSpan's `postings_*.jsonl`): `{"text", "skill_spans": [..],
 //! "knowledge_spans": [..], "esco_labels"?: [id | label | {"id"|"uri", "label"}]}`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::bootstrap;
 use crate::connector::config::{Mode, TargetSection};
-use crate::connector::enrich::{self, Target};
+use crate::connector::enrich::{self, FoundMention, Plan, Target};
 use crate::connector::event::{Event, Vacancy};
 use crate::connector::swap::Serving;
-use crate::encoder::Encoder;
+use crate::encoder::{Encoder, TextEmbedding};
 use crate::error::{ModelError, Result};
 use crate::mentions::train::{SpanCounter, SpanScores};
+use crate::mentions::MentionHead;
+use crate::rank::Hit;
 use crate::text::char_offset;
 
 /// An ESCO label annotators gave a posting: an id (URI) or a preferred label.
@@ -130,17 +133,164 @@ pub struct PostingReport {
     pub label_precision_ci95: Option<[f64; 2]>,
     /// See `label_precision_ci95`.
     pub label_recall_ci95: Option<[f64; 2]>,
+    /// The counts behind the shares, so that reports of disjoint posting sets (the folds of
+    /// a cross-validated calibration) can be pooled.
+    pub totals: Counts,
 }
 
 /// Per-posting counts, for the totals and the bootstrap.
-#[derive(Debug, Clone, Copy, Default)]
-struct Counts {
-    labels: usize,
-    noise: usize,
-    gold_labels: usize,
-    labels_in_gold: usize,
-    gold_found: usize,
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counts {
+    /// Labels given.
+    pub labels: usize,
+    /// Labels whose evidence overlaps no annotated span.
+    pub noise: usize,
+    /// Distinct ESCO labels annotators gave (labelled postings).
+    pub gold_labels: usize,
+    /// Labels given that annotators gave too.
+    pub labels_in_gold: usize,
+    /// Annotators' labels found.
+    pub gold_found: usize,
+    #[serde(skip)]
     labelled: bool,
+}
+
+/// The tagger's thresholds, one point of a calibration sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OperatingPoint {
+    /// [`MentionHead::threshold`].
+    #[serde(serialize_with = "rounded")]
+    pub threshold: f32,
+    /// [`MentionHead::knowledge_threshold`].
+    #[serde(serialize_with = "rounded")]
+    pub knowledge_threshold: f32,
+    /// [`MentionHead::gate_threshold`] (0: no gate).
+    #[serde(serialize_with = "rounded")]
+    pub sentence_gate: f32,
+    /// [`MentionHead::label_threshold`].
+    #[serde(serialize_with = "rounded")]
+    pub label_threshold: f32,
+}
+
+/// An f32 threshold as the decimal it was written as (0.6, not 0.6000000238418579).
+fn rounded<S: serde::Serializer>(x: &f32, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64((*x as f64 * 1e4).round() / 1e4)
+}
+
+impl OperatingPoint {
+    /// The point `head` is at.
+    pub fn of(head: &MentionHead) -> Self {
+        OperatingPoint {
+            threshold: head.threshold,
+            knowledge_threshold: head.knowledge_threshold,
+            sentence_gate: head.gate_threshold,
+            label_threshold: head.label_threshold,
+        }
+    }
+
+    /// `head` moved to this point.
+    pub fn apply(&self, head: &MentionHead) -> MentionHead {
+        let mut h = head.clone();
+        h.threshold = self.threshold;
+        h.knowledge_threshold = self.knowledge_threshold;
+        h.gate_threshold = self.sentence_gate;
+        h.label_threshold = self.label_threshold;
+        h
+    }
+}
+
+/// A posting encoded once, with its annotations resolved, for one or many operating points.
+struct Prepared {
+    plan: Plan,
+    embs: Vec<Arc<TextEmbedding>>,
+    /// Character ranges of the annotated spans, skill and knowledge together.
+    gold: Vec<(usize, usize)>,
+    /// Annotators' ESCO labels (ids or preferred labels, lower case), when the posting has them.
+    esco: Option<HashSet<String>>,
+}
+
+impl Prepared {
+    fn new(enc: &mut Encoder, cfg: &TargetSection, i: usize, p: &AnnotatedPosting) -> Result<Self> {
+        let ev = Event::Vacancy(Vacancy {
+            id: format!("posting-{i}"),
+            title: p.text.lines().next().unwrap_or("").to_string(),
+            description: p.text.clone(),
+            location: None,
+            language: None,
+            posted_date: None,
+            source: None,
+        });
+        let plan = enrich::plan(&ev, std::slice::from_ref(cfg));
+        let embs = enc.encode(&plan.texts)?;
+        fn as_strs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        // Each list is in document order on its own: match them apart, then merge.
+        let mut gold = gold_ranges(&p.text, &as_strs(&p.skill_spans));
+        gold.extend(gold_ranges(&p.text, &as_strs(&p.knowledge_spans)));
+        gold.sort();
+        gold.dedup();
+        let esco = p.esco_labels.as_ref().map(|gl| {
+            gl.iter()
+                .filter_map(|g| match g {
+                    GoldLabel::Text(s) => Some(s.to_lowercase()),
+                    GoldLabel::Object { id, label } => id
+                        .clone()
+                        .or_else(|| label.clone())
+                        .map(|s| s.to_lowercase()),
+                })
+                .collect()
+        });
+        Ok(Prepared {
+            plan,
+            embs,
+            gold,
+            esco,
+        })
+    }
+
+    fn overlaps_gold(&self, a: usize, b: usize) -> bool {
+        self.gold.iter().any(|g| a < g.1 && g.0 < b)
+    }
+
+    /// The counts of `labels`; the mentions' spans go to `spans`.
+    fn count(
+        &self,
+        labels: &[enrich::Label],
+        found: Option<&[FoundMention]>,
+        spans: &mut SpanCounter,
+    ) -> Counts {
+        let mut c = Counts {
+            labels: labels.len(),
+            noise: labels
+                .iter()
+                .filter(|l| !self.overlaps_gold(l.evidence.start, l.evidence.end))
+                .count(),
+            ..Default::default()
+        };
+        if let Some(found) = found {
+            let pred: Vec<(usize, usize)> = found
+                .iter()
+                .map(|m| (m.evidence.start, m.evidence.end))
+                .collect();
+            spans.add(&pred, &self.gold);
+        }
+        if let Some(ids) = &self.esco {
+            let hit = |l: &enrich::Label| {
+                ids.contains(&l.id.to_lowercase()) || ids.contains(&l.label.to_lowercase())
+            };
+            let got: HashSet<&str> = labels
+                .iter()
+                .filter(|l| hit(l))
+                .map(|l| l.id.as_str())
+                .collect();
+            c.labelled = true;
+            c.gold_labels = ids.len();
+            c.labels_in_gold = labels.iter().filter(|l| hit(l)).count();
+            c.gold_found = got.len().min(ids.len());
+        }
+        c
+    }
 }
 
 /// The skill target to evaluate: `name`, else the first target ranking `description`.
@@ -175,33 +325,18 @@ pub fn evaluate(
     if let Some(m) = mode {
         target.cfg.mode = m;
     }
-    if target.cfg.mode == Mode::Mentions && serving.mentions.is_none() {
-        return Err(ModelError::Runtime(format!(
-            "{}: the model has no mention tagger; train one with `uwe-trainer mentions`",
-            enc.manifest().version
-        )));
-    }
-    let cfgs: Vec<TargetSection> = vec![target.cfg.clone()];
+    let head = tagger_of(enc, serving, &target)?;
     let targets = vec![target.clone()];
     let mut counts = Vec::with_capacity(postings.len());
     let mut spans = SpanCounter::default();
     for (i, p) in postings.iter().enumerate() {
-        let ev = Event::Vacancy(Vacancy {
-            id: format!("posting-{i}"),
-            title: p.text.lines().next().unwrap_or("").to_string(),
-            description: p.text.clone(),
-            location: None,
-            language: None,
-            posted_date: None,
-            source: None,
-        });
-        let plan = enrich::plan(&ev, &cfgs);
-        let embs = enc.encode(&plan.texts)?;
+        let prep = Prepared::new(enc, &target.cfg, i, p)?;
+        let (plan, embs) = (&prep.plan, &prep.embs);
         // Mentions are found once: they give both the labels and the span scores.
-        let (labels, found) = match (target.cfg.mode, serving.mentions.as_deref()) {
-            (Mode::Mentions, Some(head)) => {
+        let (labels, found) = match head {
+            Some(head) => {
                 let units: Vec<&enrich::Unit> = plan.units.iter().collect();
-                let mut found = enrich::find_mentions(&units, &embs, head, target.cfg.max_mentions);
+                let mut found = enrich::find_mentions(&units, embs, head, target.cfg.max_mentions);
                 if reencode_spans {
                     // The alternative to ranking a span by its contextual token rows: the
                     // span's words encoded on their own, out of their sentence.
@@ -214,10 +349,10 @@ pub fn evaluate(
                 let labels = enrich::mention_labels(&target, &found, serving.scorer, head);
                 (labels, Some(found))
             }
-            _ => {
+            None => {
                 let mut all = enrich::labels(
-                    &plan,
-                    &embs,
+                    plan,
+                    embs,
                     &targets,
                     serving.scorer,
                     serving.mentions.as_deref(),
@@ -225,18 +360,9 @@ pub fn evaluate(
                 (all.remove(&target.cfg.name).unwrap_or_default(), None)
             }
         };
-        fn as_strs(v: &[String]) -> Vec<&str> {
-            v.iter().map(String::as_str).collect()
-        }
-        // Each list is in document order on its own: match them apart, then merge.
-        let mut gold = gold_ranges(&p.text, &as_strs(&p.skill_spans));
-        gold.extend(gold_ranges(&p.text, &as_strs(&p.knowledge_spans)));
-        gold.sort();
-        gold.dedup();
-        let overlaps = |a: usize, b: usize| gold.iter().any(|g| a < g.1 && g.0 < b);
         if explain {
             for l in &labels {
-                let tag = if overlaps(l.evidence.start, l.evidence.end) {
+                let tag = if prep.overlaps_gold(l.evidence.start, l.evidence.end) {
                     "span "
                 } else {
                     "NOISE"
@@ -247,47 +373,79 @@ pub fn evaluate(
                 );
             }
         }
-        let mut c = Counts {
-            labels: labels.len(),
-            noise: labels
-                .iter()
-                .filter(|l| !overlaps(l.evidence.start, l.evidence.end))
-                .count(),
-            ..Default::default()
-        };
-        if let Some(found) = &found {
-            let pred: Vec<(usize, usize)> = found
-                .iter()
-                .map(|m| (m.evidence.start, m.evidence.end))
-                .collect();
-            spans.add(&pred, &gold);
-        }
-        if let Some(gl) = &p.esco_labels {
-            let ids: HashSet<String> = gl
-                .iter()
-                .filter_map(|g| match g {
-                    GoldLabel::Text(s) => Some(s.to_lowercase()),
-                    GoldLabel::Object { id, label } => id
-                        .clone()
-                        .or_else(|| label.clone())
-                        .map(|s| s.to_lowercase()),
-                })
-                .collect();
-            let hit = |l: &enrich::Label| {
-                ids.contains(&l.id.to_lowercase()) || ids.contains(&l.label.to_lowercase())
-            };
-            let got: HashSet<String> = labels
-                .iter()
-                .filter(|l| hit(l))
-                .map(|l| l.id.clone())
-                .collect();
-            c.labelled = true;
-            c.gold_labels = ids.len();
-            c.labels_in_gold = labels.iter().filter(|l| hit(l)).count();
-            c.gold_found = got.len().min(ids.len());
-        }
-        counts.push(c);
+        counts.push(prep.count(&labels, found.as_deref(), &mut spans));
     }
+    Ok(report(enc, &target, &counts, spans))
+}
+
+/// [`evaluate`] in `mentions` mode at each of `points`, encoding each posting once and
+/// ranking each distinct mention once: a calibration sweep.
+pub fn sweep(
+    enc: &mut Encoder,
+    serving: &Serving,
+    mut target: Target,
+    postings: &[AnnotatedPosting],
+    points: &[OperatingPoint],
+) -> Result<Vec<(OperatingPoint, PostingReport)>> {
+    target.cfg.mode = Mode::Mentions;
+    let head = tagger_of(enc, serving, &target)?.expect("mentions mode");
+    let prepared = postings
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Prepared::new(enc, &target.cfg, i, p))
+        .collect::<Result<Vec<_>>>()?;
+    // A mention's top concept depends only on its rows: its posting and character range.
+    let mut tops: HashMap<(usize, usize, usize), Option<Hit>> = HashMap::new();
+    let mut out = Vec::with_capacity(points.len());
+    for point in points {
+        let h = point.apply(head);
+        let threshold = target.cfg.min_score.max(h.label_threshold);
+        let mut counts = Vec::with_capacity(prepared.len());
+        let mut spans = SpanCounter::default();
+        for (i, prep) in prepared.iter().enumerate() {
+            let units: Vec<&enrich::Unit> = prep.plan.units.iter().collect();
+            let found = enrich::find_mentions(&units, &prep.embs, &h, target.cfg.max_mentions);
+            let key = |m: &FoundMention| (i, m.evidence.start, m.evidence.end);
+            let new: Vec<FoundMention> = found
+                .iter()
+                .filter(|m| !tops.contains_key(&key(m)))
+                .cloned()
+                .collect();
+            for (m, hit) in new
+                .iter()
+                .zip(enrich::top_concepts(&target, &new, serving.scorer))
+            {
+                tops.insert(key(m), hit);
+            }
+            let mine: Vec<Option<Hit>> = found.iter().map(|m| tops[&key(m)]).collect();
+            let labels = enrich::labels_from_tops(&target, &found, &mine, threshold);
+            counts.push(prep.count(&labels, Some(&found), &mut spans));
+        }
+        out.push((*point, report(enc, &target, &counts, spans)));
+    }
+    Ok(out)
+}
+
+/// The tagger `target` needs: `Some` in `mentions` mode (an error when the model has none).
+fn tagger_of<'a>(
+    enc: &Encoder,
+    serving: &'a Serving,
+    target: &Target,
+) -> Result<Option<&'a MentionHead>> {
+    if target.cfg.mode != Mode::Mentions {
+        return Ok(None);
+    }
+    match serving.mentions.as_deref() {
+        Some(h) => Ok(Some(h)),
+        None => Err(ModelError::Runtime(format!(
+            "{}: the model has no mention tagger; train one with `uwe-trainer mentions`",
+            enc.manifest().version
+        ))),
+    }
+}
+
+/// The report of per-posting `counts`.
+fn report(enc: &Encoder, target: &Target, counts: &[Counts], spans: SpanCounter) -> PostingReport {
     let pct = |a: usize, b: usize| {
         if b == 0 {
             0.0
@@ -314,12 +472,12 @@ pub fn evaluate(
         pct(t.noise, t.labels)
     });
     let has_labels = !labelled.is_empty();
-    Ok(PostingReport {
-        postings: postings.len(),
+    PostingReport {
+        postings: counts.len(),
         target: target.cfg.name.clone(),
         mode: target.cfg.mode,
         model: enc.manifest().version.clone(),
-        labels_per_posting: (tot.labels as f64 * 100.0 / postings.len().max(1) as f64).round()
+        labels_per_posting: (tot.labels as f64 * 100.0 / counts.len().max(1) as f64).round()
             / 100.0,
         noise_share: pct(tot.noise, tot.labels),
         noise_share_ci95: noise_ci,
@@ -339,7 +497,8 @@ pub fn evaluate(
                 pct(t.gold_found, t.gold_labels)
             })
         }),
-    })
+        totals: tot,
+    }
 }
 
 #[cfg(test)]

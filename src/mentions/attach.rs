@@ -80,6 +80,7 @@ pub fn train_and_attach(
         "batch": opts.batch,
         "seed": opts.seed,
         "sentence_context": opts.sentence_context,
+        "context": opts.context,
         "training": report,
         "dev_sentences": dev_set.len(),
         "dev_spans": dev_scores,
@@ -91,6 +92,7 @@ pub fn train_and_attach(
         file: MENTION_FILE.into(),
         hidden: opts.hidden,
         sentence_context: head.sentence_context(),
+        context: head.context(),
         sentence_gate: (head.gate.is_some() && head.gate_threshold > 0.0)
             .then_some(head.gate_threshold),
         threshold: head.threshold,

@@ -41,6 +41,15 @@ impl MentionHead {
                 spec.sentence_context
             )));
         }
+        if h.context != spec.context {
+            return Err(ModelError::Weights(format!(
+                "{}: the weights read {} neighbours either side of a token but the manifest \
+                 says context = {}: retrain the tagger with `uwe-trainer mentions`",
+                path.display(),
+                h.context,
+                spec.context
+            )));
+        }
         if st.names().contains(&GATE_W) {
             let (w, b) = (get(GATE_W)?, get(GATE_B)?);
             if w.len() != dim || b.len() != 1 {
@@ -72,7 +81,7 @@ impl MentionHead {
 
     /// The weights as named f32 tensors `(name, shape, values)`, for writing.
     pub fn tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
-        let width = Self::feature_width(self.dim, self.sentence);
+        let width = Self::feature_width(self.dim, self.context, self.sentence);
         let mut v = vec![
             (W1, vec![width, self.hidden], &self.w1[..]),
             (B1, vec![self.hidden], &self.b1[..]),

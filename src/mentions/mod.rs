@@ -29,7 +29,8 @@ use crate::error::{ModelError, Result};
 pub const MENTION_FILE: &str = "mentions.safetensors";
 /// Number of BIO logits: skill O/B/I, then knowledge O/B/I.
 pub const N_LOGITS: usize = 6;
-/// Tokens either side of a token that its features include.
+/// Tokens either side of a token that its features include, by default (a head's own width
+/// follows from its weights' shape).
 pub const CONTEXT: usize = 1;
 
 /// The `mentions` entry of a manifest.
@@ -50,6 +51,9 @@ pub struct MentionSpec {
     /// or a benefits line can be told from a requirement as a whole).
     #[serde(default)]
     pub sentence_context: bool,
+    /// Neighbouring tokens either side of a token that its features include.
+    #[serde(default = "default_context")]
+    pub context: usize,
     /// Sentences whose gate probability (a logistic model on the sentence's pooled
     /// embedding: "does this line name a skill at all?") is below this get no mention.
     /// `None`: no gate (the file then need not hold one).
@@ -61,6 +65,10 @@ pub struct MentionSpec {
     /// What it was trained on and how it scored, for the model card.
     #[serde(default)]
     pub report: serde_json::Value,
+}
+
+fn default_context() -> usize {
+    CONTEXT
 }
 
 /// Which annotation a mention follows.
@@ -95,7 +103,9 @@ pub struct MentionHead {
     hidden: usize,
     /// Features end with the sentence's pooled embedding (see [`MentionSpec::sentence_context`]).
     sentence: bool,
-    /// `[(2·CONTEXT+1)·dim, hidden]`, plus `dim` rows for the sentence when `sentence`.
+    /// Tokens either side of a token that its features include.
+    context: usize,
+    /// `[(2·context+1)·dim, hidden]`, plus `dim` rows for the sentence when `sentence`.
     w1: Vec<f32>,
     b1: Vec<f32>,
     /// `[hidden, N_LOGITS]`.
@@ -128,13 +138,14 @@ pub const GATE_W: &str = "mentions.gate_w";
 pub const GATE_B: &str = "mentions.gate_b";
 
 impl MentionHead {
-    /// Width of the feature rows: the token window, plus the sentence when `sentence`.
-    pub fn feature_width(dim: usize, sentence: bool) -> usize {
-        (2 * CONTEXT + 1 + sentence as usize) * dim
+    /// Width of the feature rows: the token and `context` neighbours either side, plus the
+    /// sentence when `sentence`.
+    pub fn feature_width(dim: usize, context: usize, sentence: bool) -> usize {
+        (2 * context + 1 + sentence as usize) * dim
     }
 
-    /// A head from its weights (shapes are checked). Its input holds the sentence's pooled
-    /// embedding when `w1` has rows for it.
+    /// A head from its weights (shapes are checked). `w1` holds `2·context + 1` token blocks
+    /// of `dim` rows, plus one for the sentence's pooled embedding when their count is even.
     pub fn new(
         dim: usize,
         hidden: usize,
@@ -143,9 +154,12 @@ impl MentionHead {
         w2: Vec<f32>,
         b2: Vec<f32>,
     ) -> Result<Self> {
-        let sentence = w1.len() == Self::feature_width(dim, true) * hidden && hidden > 0;
-        let width = Self::feature_width(dim, sentence);
-        if w1.len() != width * hidden
+        let blocks = w1.len().checked_div(dim * hidden).unwrap_or(0);
+        let sentence = blocks >= 4 && blocks.is_multiple_of(2);
+        let context = blocks.saturating_sub(1 + sentence as usize) / 2;
+        let width = Self::feature_width(dim, context, sentence);
+        if blocks < 3
+            || w1.len() != width * hidden
             || b1.len() != hidden
             || w2.len() != hidden * N_LOGITS
             || b2.len() != N_LOGITS
@@ -165,6 +179,7 @@ impl MentionHead {
         Ok(MentionHead {
             dim,
             hidden,
+            context,
             sentence,
             w1,
             b1,
@@ -195,6 +210,11 @@ impl MentionHead {
         }
     }
 
+    /// Tokens either side of a token that its features include.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
     /// Whether the features hold the sentence's pooled embedding.
     pub fn sentence_context(&self) -> bool {
         self.sentence
@@ -211,7 +231,8 @@ impl MentionHead {
         // P = E · [W1_prev | W1_self | W1_next] computed once, then shifted and summed.
         let e = ndarray::ArrayView2::from_shape((n, d), tokens).expect("n × dim rows");
         let mut hid = ndarray::Array2::<f32>::zeros((n, h));
-        for (j, off) in (-(CONTEXT as isize)..=CONTEXT as isize).enumerate() {
+        let c = self.context as isize;
+        for (j, off) in (-c..=c).enumerate() {
             let w = ndarray::ArrayView2::from_shape((d, h), &self.w1[j * d * h..(j + 1) * d * h])
                 .expect("block shape");
             let p = e.dot(&w);
@@ -227,7 +248,7 @@ impl MentionHead {
         // The sentence's block is one product shared by every token: a bias per sentence.
         let mut bias = self.b1.clone();
         if self.sentence {
-            let j = 2 * CONTEXT + 1;
+            let j = 2 * self.context + 1;
             let w = ndarray::ArrayView2::from_shape((d, h), &self.w1[j * d * h..(j + 1) * d * h])
                 .expect("block shape");
             let s = ndarray::ArrayView1::from(pooled).dot(&w);
@@ -410,6 +431,28 @@ mod tests {
         assert!(
             MentionHead::new(3, 2, vec![0.0; 9], vec![0.0], vec![0.0; 6], vec![0.0; 6]).is_err()
         );
+    }
+
+    #[test]
+    fn the_window_width_follows_the_weights_and_reaches_far_neighbours() {
+        let dim = 2;
+        // context 2: five token blocks; the unit fires on feature 0 of the token two ahead.
+        let mut w1 = vec![0.0; 5 * dim];
+        w1[4 * dim] = 10.0;
+        let (mut w2, b2) = (vec![0.0; N_LOGITS], vec![2.0, 0.0, 0.0, 2.0, 0.0, 0.0]);
+        w2[1] = 1.0;
+        let h = MentionHead::new(dim, 1, w1.clone(), vec![0.0], w2.clone(), b2.clone()).unwrap();
+        assert_eq!((h.context(), h.sentence_context()), (2, false));
+        // Only token 2 has feature 0 set, so only token 0 (two before it) leans to B.
+        let rows = [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0];
+        let p = h.probabilities(&rows, 4, &[1.0, 0.0]);
+        let b: Vec<bool> = (0..4).map(|i| p[i * N_LOGITS + 1] > 0.5).collect();
+        assert_eq!(b, vec![true, false, false, false]);
+        // Six blocks: context 2 and the sentence; its file tensors keep that shape.
+        w1.extend([0.0; 2]);
+        let hs = MentionHead::new(dim, 1, w1, vec![0.0], w2, b2).unwrap();
+        assert_eq!((hs.context(), hs.sentence_context()), (2, true));
+        assert_eq!(hs.tensors()[0].1, vec![6 * dim, 1]);
     }
 
     #[test]

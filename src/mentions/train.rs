@@ -16,7 +16,7 @@ pub use super::score::{
     evaluate, gold_mentions, predicted_mentions, read_sentences, Prf, SpanCounter, SpanScores,
     TaggedSentence,
 };
-use super::{MentionHead, MentionKind, CONTEXT, N_LOGITS};
+use super::{MentionHead, MentionKind, MentionSpec, CONTEXT, N_LOGITS};
 use crate::encoder::{Encoder, TextEmbedding};
 use crate::error::{ModelError, Result};
 
@@ -35,6 +35,10 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Give every token its sentence's pooled embedding too.
     pub sentence_context: bool,
+    /// Neighbours either side of a token in its features.
+    pub context: usize,
+    /// The fold of training postings held out (see [`holdout_fold`]).
+    pub holdout_fold: u64,
 }
 
 impl Default for TrainOptions {
@@ -46,6 +50,8 @@ impl Default for TrainOptions {
             batch: 512,
             seed: 42,
             sentence_context: false,
+            context: CONTEXT,
+            holdout_fold: 0,
         }
     }
 }
@@ -59,6 +65,9 @@ pub struct TrainReport {
     pub train_tokens: usize,
     /// Sentences held out (one posting in ten) to choose the threshold.
     pub holdout_sentences: usize,
+    /// Which fold of the training postings was held out.
+    #[serde(default)]
+    pub holdout_fold: u64,
     /// The chosen inside threshold.
     pub threshold: f32,
     /// Scores on the held-out training postings at that threshold.
@@ -72,20 +81,33 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
-fn split_key(s: &TaggedSentence) -> bool {
-    is_holdout_posting(&s.source, s.idx)
-}
+/// How many folds the training postings are split into; the tagger holds one out.
+pub const HOLDOUT_FOLDS: u64 = 10;
 
-/// Whether the tagger's training holds this posting out (to choose its threshold): a
-/// stable FNV-1a of (source, idx), one posting in ten, whole. Thresholds downstream of the
-/// tagger are calibrated on these postings too, never on the dev sets.
-pub fn is_holdout_posting(source: &str, idx: u64) -> bool {
+/// The fold of a training posting: a stable FNV-1a of (source, idx) modulo
+/// [`HOLDOUT_FOLDS`], so a posting's sentences stay together. The tagger's training holds one
+/// fold out (fold 0 unless asked otherwise) to choose its threshold; thresholds downstream of
+/// the tagger are calibrated on held-out postings too, never on the dev sets.
+pub fn holdout_fold(source: &str, idx: u64) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in source.bytes().chain(idx.to_le_bytes()) {
         h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
-    h.is_multiple_of(10)
+    h % HOLDOUT_FOLDS
+}
+
+/// Whether the shipped tagger's training (fold 0) holds this posting out.
+pub fn is_holdout_posting(source: &str, idx: u64) -> bool {
+    holdout_fold(source, idx) == 0
+}
+
+/// The fold a tagger's training held out, from its manifest entry (0 when not recorded).
+pub fn holdout_fold_of(spec: &MentionSpec) -> u64 {
+    spec.report
+        .pointer("/training/holdout_fold")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
 }
 
 /// BIO class of each word piece of `s` for one kind: 0 = O, 1 = B, 2 = I.
@@ -117,12 +139,19 @@ fn piece_labels(
         .collect()
 }
 
-/// Feature rows `[e_{i-1}, e_i, e_{i+1}]` (and the pooled sentence when `sentence`) of every
-/// token of `emb`, appended to `out`.
-fn push_features(emb: &TextEmbedding, dim: usize, sentence: bool, out: &mut Vec<f32>) {
+/// Feature rows `[e_{i-c}, …, e_i, …, e_{i+c}]` (and the pooled sentence when `sentence`) of
+/// every token of `emb`, appended to `out`.
+fn push_features(
+    emb: &TextEmbedding,
+    dim: usize,
+    context: usize,
+    sentence: bool,
+    out: &mut Vec<f32>,
+) {
     let n = emb.n_tokens;
+    let c = context as isize;
     for i in 0..n {
-        for off in -(CONTEXT as isize)..=CONTEXT as isize {
+        for off in -c..=c {
             let j = i as isize + off;
             if j < 0 || j >= n as isize {
                 out.extend(std::iter::repeat_n(0.0, dim));
@@ -157,8 +186,9 @@ pub fn train(
 ) -> Result<(MentionHead, TrainReport)> {
     let started = std::time::Instant::now();
     let dim = enc.manifest().dim;
-    let (hold, fit): (Vec<&TaggedSentence>, Vec<&TaggedSentence>) =
-        train.iter().partition(|s| split_key(s));
+    let (hold, fit): (Vec<&TaggedSentence>, Vec<&TaggedSentence>) = train
+        .iter()
+        .partition(|s| holdout_fold(&s.source, s.idx) == opts.holdout_fold);
     let encode = |enc: &mut Encoder, ss: &[&TaggedSentence]| {
         let texts: Vec<String> = ss.iter().map(|s| s.text().0).collect();
         enc.encode(&texts)
@@ -173,12 +203,12 @@ pub fn train(
             continue;
         }
         let words = s.text().1;
-        push_features(e, dim, opts.sentence_context, &mut feats);
+        push_features(e, dim, opts.context, opts.sentence_context, &mut feats);
         ys.extend(piece_labels(s, &words, e, MentionKind::Skill));
         yk.extend(piece_labels(s, &words, e, MentionKind::Knowledge));
     }
     let n = ys.len();
-    let width = MentionHead::feature_width(dim, opts.sentence_context);
+    let width = MentionHead::feature_width(dim, opts.context, opts.sentence_context);
     let dev = Device::Cpu;
     let ce = candle_err;
     let x_all = Tensor::from_vec(feats, (n, width), &dev).map_err(ce)?;
@@ -295,6 +325,7 @@ pub fn train(
             train_sentences: fit.len(),
             train_tokens: n,
             holdout_sentences: hold.len(),
+            holdout_fold: opts.holdout_fold,
             threshold: best.0,
             holdout: best.1,
             final_loss,
@@ -316,6 +347,37 @@ mod tests {
             tags_skill: skill.iter().map(|s| s.to_string()).collect(),
             tags_knowledge: know.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn postings_fall_into_ten_stable_folds_fold_zero_being_the_shipped_holdout() {
+        let mut sizes = [0usize; HOLDOUT_FOLDS as usize];
+        for source in ["tech", "house"] {
+            for idx in 0..70 {
+                let f = holdout_fold(source, idx);
+                assert_eq!(f, holdout_fold(source, idx), "stable");
+                assert_eq!(f == 0, is_holdout_posting(source, idx));
+                sizes[f as usize] += 1;
+            }
+        }
+        assert!(
+            sizes.iter().all(|&n| n > 0),
+            "every fold holds postings: {sizes:?}"
+        );
+        let spec = |report| MentionSpec {
+            file: "m".into(),
+            hidden: 1,
+            threshold: 0.5,
+            knowledge_threshold: None,
+            sentence_context: false,
+            context: 1,
+            sentence_gate: None,
+            label_threshold: 0.5,
+            report,
+        };
+        assert_eq!(holdout_fold_of(&spec(serde_json::json!({}))), 0);
+        let r = serde_json::json!({"training": {"holdout_fold": 7}});
+        assert_eq!(holdout_fold_of(&spec(r)), 7);
     }
 
     #[test]

@@ -35,18 +35,21 @@ pub(crate) struct EvalArgs {
     /// `postings_train.jsonl` without touching the dev postings).
     #[arg(long, requires = "postings")]
     tagger_holdout: bool,
-    /// Override the tagger's inside threshold (calibration sweeps).
-    #[arg(long, requires = "postings")]
-    mention_threshold: Option<f32>,
-    /// Override the tagger's inside threshold of knowledge mentions (calibration sweeps).
-    #[arg(long, requires = "postings")]
-    knowledge_threshold: Option<f32>,
-    /// Override the tagger's sentence-gate threshold (calibration sweeps; 0 = off).
-    #[arg(long, requires = "postings")]
-    sentence_gate: Option<f32>,
-    /// Override the tagger's label threshold (calibration sweeps).
-    #[arg(long, requires = "postings")]
-    label_threshold: Option<f32>,
+    /// Override the tagger's inside threshold. A comma-separated list (here or in the three
+    /// options below) sweeps the grid of all combinations, encoding each posting once, and
+    /// prints one line per point.
+    #[arg(long, requires = "postings", value_delimiter = ',')]
+    mention_threshold: Vec<f32>,
+    /// Override the tagger's inside threshold of knowledge mentions (default: the inside
+    /// threshold when that is given).
+    #[arg(long, requires = "postings", value_delimiter = ',')]
+    knowledge_threshold: Vec<f32>,
+    /// Override the tagger's sentence-gate threshold (0 = off).
+    #[arg(long, requires = "postings", value_delimiter = ',')]
+    sentence_gate: Vec<f32>,
+    /// Override the tagger's label threshold.
+    #[arg(long, requires = "postings", value_delimiter = ',')]
+    label_threshold: Vec<f32>,
     /// Print every label to stderr, marked `span` or `NOISE`, with its evidence.
     #[arg(long, requires = "postings")]
     explain: bool,
@@ -101,31 +104,106 @@ fn postings(a: EvalArgs) -> anyhow::Result<()> {
     };
     let dir = crate::connector::swap::initial_model_dir(&cfg);
     let (mut enc, mut serving) = crate::connector::swap::load_serving(&dir, &cfg, true)?;
-    if let Some(head) = serving.mentions.as_mut() {
-        let head = std::sync::Arc::make_mut(head);
-        head.threshold = mention_threshold.unwrap_or(head.threshold);
-        head.knowledge_threshold = knowledge_threshold
-            .or(mention_threshold)
-            .unwrap_or(head.knowledge_threshold);
-        head.label_threshold = label_threshold.unwrap_or(head.label_threshold);
-        if let Some(g) = sentence_gate {
-            anyhow::ensure!(
-                    head.gate.is_some() || g == 0.0,
-                    "--sentence-gate: this model's tagger has no sentence gate; retrain it with `uwe-trainer mentions`"
-                );
-            head.gate_threshold = g;
-        }
-    }
     let t = eval::postings::pick_target(&serving, target.as_deref())?;
     let postings = postings.expect("run() dispatches here only with --postings");
     let mut ps = eval::postings::read_postings(&postings)?;
     if tagger_holdout {
-        ps.retain(|p| crate::mentions::train::is_holdout_posting(&p.source, p.idx));
-        eprintln!("{} postings held out by the tagger's training", ps.len());
+        let fold = enc
+            .manifest()
+            .mentions
+            .as_ref()
+            .map_or(0, crate::mentions::train::holdout_fold_of);
+        ps.retain(|p| crate::mentions::train::holdout_fold(&p.source, p.idx) == fold);
+        eprintln!(
+            "{} postings held out by the tagger's training (fold {fold})",
+            ps.len()
+        );
     }
+    let sweeping = [
+        &mention_threshold,
+        &knowledge_threshold,
+        &sentence_gate,
+        &label_threshold,
+    ]
+    .iter()
+    .any(|v| v.len() > 1);
+    let Some(head) = serving.mentions.as_deref() else {
+        anyhow::ensure!(
+            !sweeping
+                && mention_threshold.is_empty()
+                && knowledge_threshold.is_empty()
+                && sentence_gate.is_empty()
+                && label_threshold.is_empty(),
+            "the model has no mention tagger: the threshold options do not apply"
+        );
+        let r =
+            eval::postings::evaluate(&mut enc, &serving, t, mode, &ps, explain, reencode_spans)?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    };
+    if sentence_gate.iter().any(|&g| g > 0.0) {
+        anyhow::ensure!(
+            head.gate.is_some(),
+            "--sentence-gate: this model's tagger has no sentence gate; retrain it with `uwe-trainer mentions`"
+        );
+    }
+    let points = grid(
+        eval::postings::OperatingPoint::of(head),
+        &mention_threshold,
+        &knowledge_threshold,
+        &sentence_gate,
+        &label_threshold,
+    );
+    if sweeping {
+        anyhow::ensure!(
+            !explain && !reencode_spans && mode != Some(Mode::Sentences),
+            "a threshold sweep runs mentions mode only, without --explain or --reencode-spans"
+        );
+        for (p, r) in eval::postings::sweep(&mut enc, &serving, t, &ps, &points)? {
+            let mut v = serde_json::to_value(&r)?;
+            v["point"] = serde_json::to_value(p)?;
+            println!("{v}");
+        }
+        return Ok(());
+    }
+    let at = points[0].apply(head);
+    serving.mentions = Some(std::sync::Arc::new(at));
     let r = eval::postings::evaluate(&mut enc, &serving, t, mode, &ps, explain, reencode_spans)?;
     println!("{}", serde_json::to_string(&r)?);
     Ok(())
+}
+
+/// Every combination of the thresholds given; a threshold not given stays where `here` is,
+/// and the knowledge threshold follows the inside threshold when only that is given.
+fn grid(
+    here: eval::postings::OperatingPoint,
+    mention: &[f32],
+    knowledge: &[f32],
+    gate: &[f32],
+    label: &[f32],
+) -> Vec<eval::postings::OperatingPoint> {
+    let or_here = |v: &[f32], x: f32| if v.is_empty() { vec![x] } else { v.to_vec() };
+    let mut points = Vec::new();
+    for &threshold in &or_here(mention, here.threshold) {
+        let knowledge = match (knowledge.is_empty(), mention.is_empty()) {
+            (false, _) => knowledge.to_vec(),
+            (true, false) => vec![threshold],
+            (true, true) => vec![here.knowledge_threshold],
+        };
+        for &knowledge_threshold in &knowledge {
+            for &sentence_gate in &or_here(gate, here.sentence_gate) {
+                for &label_threshold in &or_here(label, here.label_threshold) {
+                    points.push(eval::postings::OperatingPoint {
+                        threshold,
+                        knowledge_threshold,
+                        sentence_gate,
+                        label_threshold,
+                    });
+                }
+            }
+        }
+    }
+    points
 }
 
 /// `--space` and `--tasks` (clap requires both without `--postings`), the scorer and the runtime.

@@ -34,9 +34,17 @@ pub(crate) struct MentionsArgs {
     /// whole postings than the token window alone; see the model card).
     #[arg(long)]
     sentence_context: bool,
+    /// Neighbouring tokens either side of a token that its features include.
+    #[arg(long, default_value_t = crate::mentions::CONTEXT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4))]
+    context: usize,
     /// Lowest score of a mention's top label that is kept (see `uwe-connect eval --postings`).
     #[arg(long, default_value_t = 0.5)]
     label_threshold: f32,
+    /// Which fold of the training postings (of 10, by a stable hash of each posting) to hold
+    /// out for the inside threshold and, later, calibration: folds 1-9 give the taggers of a
+    /// cross-validated calibration (`scripts/calibrate-mentions`).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..10))]
+    holdout_fold: u64,
     #[arg(long, env = "UWE_THREADS", default_value_t = 0)]
     threads: usize,
 }
@@ -54,7 +62,9 @@ pub(crate) fn run(a: MentionsArgs) -> anyhow::Result<()> {
         batch,
         seed,
         sentence_context,
+        context,
         label_threshold,
+        holdout_fold,
         threads,
     } = a;
     let ecfg = EncoderConfig {
@@ -70,6 +80,8 @@ pub(crate) fn run(a: MentionsArgs) -> anyhow::Result<()> {
         batch,
         seed,
         sentence_context,
+        context,
+        holdout_fold,
     };
     let report = mtrain::train_and_attach(
         &model,

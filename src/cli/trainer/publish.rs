@@ -75,6 +75,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<()> {
             let opts = mtrain::TrainOptions {
                 hidden: spec.hidden,
                 sentence_context: spec.sentence_context,
+                context: spec.context,
                 ..Default::default()
             };
             let sk = data_dir.join("skillspan");

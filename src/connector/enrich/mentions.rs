@@ -7,7 +7,7 @@ use super::{Evidence, Label, Target, Unit};
 use crate::encoder::TextEmbedding;
 use crate::mentions::{span_embedding, MentionHead};
 use crate::model::ScorerSpec;
-use crate::rank::rank_many;
+use crate::rank::{rank_many, Hit};
 use crate::text::char_offset;
 
 /// A mention to rank: its embedding and the evidence it would give.
@@ -86,14 +86,31 @@ pub fn mention_labels(
     scorer: ScorerSpec,
     head: &MentionHead,
 ) -> Vec<Label> {
+    let tops = top_concepts(t, found, scorer);
+    labels_from_tops(t, found, &tops, t.cfg.min_score.max(head.label_threshold))
+}
+
+/// Each mention's top concept in `t`'s space (one per mention: near-duplicate concepts of one
+/// mention never crowd out others).
+pub fn top_concepts(t: &Target, found: &[FoundMention], scorer: ScorerSpec) -> Vec<Option<Hit>> {
     let queries: Vec<&TextEmbedding> = found.iter().map(|m| &m.embedding).collect();
-    // One label per mention: near-duplicate concepts of one mention never crowd out others.
-    let ranked = rank_many(&t.space, &queries, 1, scorer);
-    let threshold = t.cfg.min_score.max(head.label_threshold);
-    let mut best: std::collections::HashMap<usize, (crate::rank::Hit, usize, usize)> =
-        Default::default();
-    for (mi, hits) in ranked.into_iter().enumerate() {
-        let Some(h) = hits.into_iter().next() else {
+    rank_many(&t.space, &queries, 1, scorer)
+        .into_iter()
+        .map(|hits| hits.into_iter().next())
+        .collect()
+}
+
+/// [`mention_labels`] from each mention's top concept, `tops[i]` being `found[i]`'s, kept when
+/// it scores at least `threshold` (calibration sweeps rank a mention once for many thresholds).
+pub fn labels_from_tops(
+    t: &Target,
+    found: &[FoundMention],
+    tops: &[Option<Hit>],
+    threshold: f32,
+) -> Vec<Label> {
+    let mut best: std::collections::HashMap<usize, (Hit, usize, usize)> = Default::default();
+    for (mi, h) in tops.iter().enumerate() {
+        let Some(h) = *h else {
             continue;
         };
         if h.score < threshold {
@@ -105,7 +122,7 @@ pub fn mention_labels(
             (e.0, e.1) = (h, mi);
         }
     }
-    let mut v: Vec<(crate::rank::Hit, usize, usize)> = best.into_values().collect();
+    let mut v: Vec<(Hit, usize, usize)> = best.into_values().collect();
     v.sort_by(|a, b| {
         b.0.score
             .total_cmp(&a.0.score)

@@ -16,7 +16,7 @@ use crate::text::{char_offset, sentence_spans};
 
 mod mentions;
 
-pub use mentions::{find_mentions, mention_labels, FoundMention};
+pub use mentions::{find_mentions, labels_from_tops, mention_labels, top_concepts, FoundMention};
 
 /// A target of the pipeline with its embedded space.
 #[derive(Clone)]
