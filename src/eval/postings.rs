@@ -399,26 +399,25 @@ pub fn sweep(
     let mut out = Vec::with_capacity(points.len());
     for point in points {
         let h = point.apply(head);
-        let threshold = target.cfg.min_score.max(h.label_threshold);
         let mut counts = Vec::with_capacity(prepared.len());
         let mut spans = SpanCounter::default();
         for (i, prep) in prepared.iter().enumerate() {
             let units: Vec<&enrich::Unit> = prep.plan.units.iter().collect();
             let found = enrich::find_mentions(&units, &prep.embs, &h, target.cfg.max_mentions);
             let key = |m: &FoundMention| (i, m.evidence.start, m.evidence.end);
-            let new: Vec<FoundMention> = found
+            let new: Vec<&FoundMention> = found
                 .iter()
                 .filter(|m| !tops.contains_key(&key(m)))
-                .cloned()
                 .collect();
+            let queries: Vec<&TextEmbedding> = new.iter().map(|m| &m.embedding).collect();
             for (m, hit) in new
                 .iter()
-                .zip(enrich::top_concepts(&target, &new, serving.scorer))
+                .zip(enrich::top_concepts(&target, &queries, serving.scorer))
             {
                 tops.insert(key(m), hit);
             }
             let mine: Vec<Option<Hit>> = found.iter().map(|m| tops[&key(m)]).collect();
-            let labels = enrich::labels_from_tops(&target, &found, &mine, threshold);
+            let labels = enrich::labels_from_tops(&target, &found, &mine, &h);
             counts.push(prep.count(&labels, Some(&found), &mut spans));
         }
         out.push((*point, report(enc, &target, &counts, spans)));

@@ -86,28 +86,33 @@ pub fn mention_labels(
     scorer: ScorerSpec,
     head: &MentionHead,
 ) -> Vec<Label> {
-    let tops = top_concepts(t, found, scorer);
-    labels_from_tops(t, found, &tops, t.cfg.min_score.max(head.label_threshold))
+    let queries: Vec<&TextEmbedding> = found.iter().map(|m| &m.embedding).collect();
+    let tops = top_concepts(t, &queries, scorer);
+    labels_from_tops(t, found, &tops, head)
 }
 
-/// Each mention's top concept in `t`'s space (one per mention: near-duplicate concepts of one
-/// mention never crowd out others).
-pub fn top_concepts(t: &Target, found: &[FoundMention], scorer: ScorerSpec) -> Vec<Option<Hit>> {
-    let queries: Vec<&TextEmbedding> = found.iter().map(|m| &m.embedding).collect();
-    rank_many(&t.space, &queries, 1, scorer)
+/// The top concept in `t`'s space of each mention embedding (one per mention: near-duplicate
+/// concepts of one mention never crowd out others).
+pub fn top_concepts(
+    t: &Target,
+    queries: &[&TextEmbedding],
+    scorer: ScorerSpec,
+) -> Vec<Option<Hit>> {
+    rank_many(&t.space, queries, 1, scorer)
         .into_iter()
         .map(|hits| hits.into_iter().next())
         .collect()
 }
 
-/// [`mention_labels`] from each mention's top concept, `tops[i]` being `found[i]`'s, kept when
-/// it scores at least `threshold` (calibration sweeps rank a mention once for many thresholds).
+/// [`mention_labels`] from each mention's top concept, `tops[i]` being `found[i]`'s
+/// (calibration sweeps rank a mention once for many operating points of `head`).
 pub fn labels_from_tops(
     t: &Target,
     found: &[FoundMention],
     tops: &[Option<Hit>],
-    threshold: f32,
+    head: &MentionHead,
 ) -> Vec<Label> {
+    let threshold = t.cfg.min_score.max(head.label_threshold);
     let mut best: std::collections::HashMap<usize, (Hit, usize, usize)> = Default::default();
     for (mi, h) in tops.iter().enumerate() {
         let Some(h) = *h else {
