@@ -17,6 +17,7 @@ fn tiny_run(what: Trained, lr: f64) {
         occupation_titles: false,
         skill_aliases: false,
         skill_descriptions: false,
+        skill_sentences: false,
         occupation_skills: 0,
         skillskape: Some(data_dir.join("training/skillskape/train.csv")),
         job_titles: None,

@@ -169,11 +169,16 @@ pub fn score_queries(
 /// MAP of `b` minus MAP of `a` on the same queries, in points, with its paired 95%
 /// bootstrap interval (queries resampled together).
 pub fn map_delta(a: &QueryScores, b: &QueryScores) -> (f64, [f64; 2]) {
+    metric_delta(a, b, 0)
+}
+
+/// [`map_delta`] of metric `i` of [`QueryScores::queries`] (0 AP, 1 RP@5, 2 RP@10, 3 RR).
+pub fn metric_delta(a: &QueryScores, b: &QueryScores, i: usize) -> (f64, [f64; 2]) {
     let d: Vec<f64> = a
         .queries
         .iter()
         .zip(&b.queries)
-        .map(|(x, y)| (y[0] - x[0]) * 100.0)
+        .map(|(x, y)| (y[i] - x[i]) * 100.0)
         .collect();
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
     let r2 = |x: f64| (x * 100.0).round() / 100.0;
@@ -204,6 +209,48 @@ pub fn bootstrap<T: Copy>(items: &[T], stat: impl Fn(&[T]) -> f64) -> [f64; 2] {
         .collect();
     stats.sort_by(f64::total_cmp);
     [stats[24], stats[974]]
+}
+
+/// Converts SkillSkape CSVs (`,sentence,skills`, skills a list of ESCO preferred labels) into
+/// tasks over `skills`: one task per sentence with at least one label in the space. Returns
+/// the tasks and the number of labels that did not resolve.
+pub fn convert_skillskape(paths: &[&Path], skills: &TargetSpace) -> Result<(Vec<Task>, usize)> {
+    let by_label: HashMap<String, &str> = skills
+        .concepts
+        .iter()
+        .map(|c| (c.label.to_lowercase(), c.id.as_str()))
+        .collect();
+    let (mut tasks, mut unresolved) = (Vec::new(), 0);
+    for p in paths {
+        let mut rdr = csv::Reader::from_path(p).map_err(|e| ModelError::BadLine {
+            path: p.to_path_buf(),
+            line: 0,
+            msg: e.to_string(),
+        })?;
+        for (i, rec) in rdr.records().enumerate() {
+            let rec = rec.map_err(|e| ModelError::BadLine {
+                path: p.to_path_buf(),
+                line: i + 2,
+                msg: e.to_string(),
+            })?;
+            let mut relevant: Vec<String> = Vec::new();
+            for l in crate::train::data::skillskape_labels(rec.get(2).unwrap_or("")) {
+                match by_label.get(&l.to_lowercase()) {
+                    Some(id) if !relevant.iter().any(|r| r == id) => relevant.push(id.to_string()),
+                    Some(_) => {}
+                    None => unresolved += 1,
+                }
+            }
+            let query = rec.get(1).unwrap_or("").trim();
+            if !relevant.is_empty() && !query.is_empty() {
+                tasks.push(Task {
+                    query: query.to_string(),
+                    relevant,
+                });
+            }
+        }
+    }
+    Ok((tasks, unresolved))
 }
 
 /// Converts skill-extraction annotation CSVs (`sentence,span,sub_span,label`, labels are
@@ -410,5 +457,57 @@ mod tests {
         assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
         assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
         assert_eq!(fnv1a(b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn skillskape_rows_become_tasks_of_their_esco_skills() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = dir.path().join("skills.jsonl");
+        std::fs::write(
+            &space,
+            "{\"id\":\"s:1\",\"label\":\"Java (computer programming)\"}\n{\"id\":\"s:2\",\"label\":\"C#\"}\n",
+        )
+        .unwrap();
+        let skills = crate::space::load_jsonl(&space).unwrap();
+        let csv = dir.path().join("dev.csv");
+        std::fs::write(
+            &csv,
+            ",sentence,skills\n\
+             0,Proficient in an object-oriented language.,\"['C#', 'Java (computer programming)', 'c#']\"\n\
+             1,A global leader in cars.,['UNK']\n\
+             2,You juggle.,\"['juggling', 'C#']\"\n\
+             3,  ,['C#']\n",
+        )
+        .unwrap();
+        let (tasks, unresolved) = convert_skillskape(&[csv.as_path()], &skills).unwrap();
+        assert_eq!(unresolved, 1, "'juggling' is not in the space");
+        assert_eq!(
+            tasks,
+            vec![
+                Task {
+                    query: "Proficient in an object-oriented language.".into(),
+                    relevant: vec!["s:2".into(), "s:1".into()],
+                },
+                Task {
+                    query: "You juggle.".into(),
+                    relevant: vec!["s:2".into()],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn paired_deltas_follow_the_metric_asked_for() {
+        let a = QueryScores {
+            queries: vec![[0.5, 0.2, 1.0, 1.0]; 4],
+            skipped: 0,
+        };
+        let b = QueryScores {
+            queries: vec![[0.75, 0.2, 1.0, 0.5]; 4],
+            skipped: 0,
+        };
+        assert_eq!(map_delta(&a, &b), (25.0, [25.0, 25.0]));
+        assert_eq!(metric_delta(&a, &b, 1).0, 0.0);
+        assert_eq!(metric_delta(&a, &b, 3).0, -50.0);
     }
 }

@@ -27,12 +27,13 @@ pub struct Pair {
 
 /// The names of the sources, as `Pair::source` and the trainer's `--skip` and `--repeat`
 /// spell them.
-pub const SOURCES: [&str; 8] = [
+pub const SOURCES: [&str; 9] = [
     "occupation_alias",
     "occupation_title",
     "job_title",
     "skill_alias",
     "skill_description",
+    "skill_sentence",
     "occupation_skill",
     "skillskape",
     "feedback",
@@ -50,6 +51,9 @@ pub struct DataSpec {
     pub skill_aliases: bool,
     /// First sentence of a skill's description → skill.
     pub skill_descriptions: bool,
+    /// Every skill's label or an alternative label placed in a job-ad sentence pattern
+    /// (a duty, a requirement, a bullet, a skill list of two or three) → the skill(s).
+    pub skill_sentences: bool,
     /// Occupation label → up to this many essential skills (0: none).
     pub occupation_skills: usize,
     /// SkillSkape sentences (CSV `,sentence,skills`).
@@ -112,6 +116,131 @@ fn dress_title(name: &str, other: Option<&str>, k: usize) -> String {
     }
 }
 
+/// Job-ad patterns around a skill/competence label, a verb phrase ("manage budgets").
+const DUTY_PATTERNS: [&str; 10] = [
+    "You will {} as part of the team.",
+    "Ability to {}.",
+    "- {}",
+    "Your tasks: {}.",
+    "We expect you to {} independently.",
+    "Nice to have: the ability to {}.",
+    "In this role you {} every day.",
+    "Must be able to {}.",
+    "Responsibilities include the need to {}.",
+    "{}",
+];
+/// Job-ad patterns around a knowledge label, a noun phrase ("Python", "food safety").
+const KNOWLEDGE_PATTERNS: [&str; 10] = [
+    "Experience with {}.",
+    "Solid knowledge of {} is required.",
+    "Familiarity with {} is a plus.",
+    "Good understanding of {}",
+    "- {}",
+    "Background in {} preferred.",
+    "Nice to have: {}.",
+    "You have worked with {} before.",
+    "Requirements: {}",
+    "{}",
+];
+
+/// A label as a job ad writes it: ESCO's parenthesised qualifier dropped ("Python (computer
+/// programming)" → "Python").
+fn as_written(label: &str) -> &str {
+    match label.find(" (") {
+        Some(i) if label.ends_with(')') && i > 0 => &label[..i],
+        _ => label,
+    }
+}
+
+/// Skill/competence (`false`) or knowledge (`true`) of each ESCO skill, by URI, from the
+/// `skillType` column of `skills_en.csv`.
+fn skill_types(data_dir: &Path) -> Result<HashMap<String, bool>> {
+    let buf = crate::space::read_esco_member(data_dir, "skills_en.csv")?;
+    let mut rdr = csv::Reader::from_reader(buf.as_slice());
+    let head = rdr
+        .headers()
+        .map_err(|e| ModelError::Invalid(format!("skills_en.csv: {e}")))?
+        .clone();
+    let col = |n: &str| head.iter().position(|h| h == n);
+    let (Some(uri), Some(ty)) = (col("conceptUri"), col("skillType")) else {
+        return Err(ModelError::Invalid(
+            "skills_en.csv has no conceptUri or skillType column: is this ESCO v1.1.1?".into(),
+        ));
+    };
+    Ok(rdr
+        .records()
+        .flatten()
+        .map(|r| {
+            let knowledge = r.get(ty).unwrap_or("") == "knowledge";
+            (r.get(uri).unwrap_or("").to_string(), knowledge)
+        })
+        .collect())
+}
+
+/// Job-ad sentences for every skill of `skills`: one sentence per skill (its preferred label or
+/// an alternative label, in a pattern of its type), and for every second skill a list naming
+/// it with one or two others of its type, whose pairs share the query (positives of each
+/// other). Patterns and names rotate by a multiplicative hash, so the set is deterministic.
+fn skill_sentences(skills: &TargetSpace, knowledge: &HashMap<String, bool>) -> Vec<Pair> {
+    let mut out = Vec::new();
+    let mut k = 0usize;
+    let mut pools: [Vec<(usize, &str)>; 2] = [Vec::new(), Vec::new()];
+    for (ci, c) in skills.concepts.iter().enumerate() {
+        k = k.wrapping_mul(2654435761).wrapping_add(ci + 1) % 1_000_003;
+        let is_k = knowledge.get(&c.id).copied().unwrap_or(false);
+        let names: Vec<&str> = std::iter::once(c.label.as_str())
+            .chain(c.aliases.iter().map(String::as_str))
+            .collect();
+        let name = as_written(names[k % names.len()]);
+        let pat = if is_k {
+            KNOWLEDGE_PATTERNS[(k / 7) % KNOWLEDGE_PATTERNS.len()]
+        } else {
+            DUTY_PATTERNS[(k / 7) % DUTY_PATTERNS.len()]
+        };
+        out.push(Pair {
+            query: pat.replacen("{}", name, 1),
+            target: c.label.clone(),
+            target_id: c.id.clone(),
+            source: "skill_sentence",
+        });
+        if ci % 2 == 0 {
+            pools[is_k as usize].push((ci, as_written(&c.label)));
+        }
+    }
+    for (is_k, pool) in pools.iter().enumerate() {
+        // Consecutive entries of a hashed order make lists of 2 or 3 unrelated skills.
+        let mut order: Vec<usize> = (0..pool.len()).collect();
+        order.sort_by_key(|&i| (i.wrapping_mul(2654435761)) % 1_000_003);
+        let mut i = 0;
+        while i + 1 < order.len() {
+            let n = if i % 3 == 0 { 3 } else { 2 }.min(order.len() - i);
+            let items: Vec<(usize, &str)> = order[i..i + n].iter().map(|&j| pool[j]).collect();
+            let names: Vec<&str> = items.iter().map(|x| x.1).collect();
+            let list = match names.as_slice() {
+                [a, b] => format!("{a} and {b}"),
+                [a, b, c] => format!("{a}, {b} and {c}"),
+                _ => names.join(", "),
+            };
+            let query = if is_k == 1 {
+                format!("Requirements: experience with {list}.")
+            } else {
+                format!("You will {list}.")
+            };
+            for (ci, _) in items {
+                let c = &skills.concepts[ci];
+                out.push(Pair {
+                    query: query.clone(),
+                    target: c.label.clone(),
+                    target_id: c.id.clone(),
+                    source: "skill_sentence",
+                });
+            }
+            i += n;
+        }
+    }
+    out
+}
+
 fn first_sentence(d: &str) -> String {
     let end = d.find(". ").map(|i| i + 1).unwrap_or(d.len());
     d[..end].chars().take(300).collect()
@@ -171,6 +300,9 @@ pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
             }
         }
     }
+    if spec.skill_sentences {
+        out.extend(skill_sentences(&skills, &skill_types(data_dir)?));
+    }
     let skill_by_uri: HashMap<&str, &str> = skills
         .concepts
         .iter()
@@ -227,13 +359,7 @@ pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
             .map_err(|e| ModelError::Invalid(format!("{}: {e}", p.display())))?;
         for rec in rdr.records().flatten() {
             let sentence = rec.get(1).unwrap_or("").trim();
-            // The skills column is a Python list literal: ['a', 'b'].
-            let list = rec.get(2).unwrap_or("");
-            for label in list
-                .trim_matches(['[', ']'])
-                .split("', '")
-                .map(|s| s.trim_matches(['\'', '"', ' ']))
-            {
+            for label in skillskape_labels(rec.get(2).unwrap_or("")) {
                 if let Some(id) = skill_by_label.get(&label.to_lowercase()) {
                     out.push(Pair {
                         query: sentence.to_string(),
@@ -261,6 +387,15 @@ pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
     }
     out.retain(|p| !p.query.trim().is_empty());
     Ok(out)
+}
+
+/// The skill labels of a SkillSkape row's `skills` column, a Python list literal
+/// (`['a', 'b']`; `['UNK']` when the sentence names no ESCO skill).
+pub fn skillskape_labels(list: &str) -> impl Iterator<Item = &str> {
+    list.trim_matches(['[', ']'])
+        .split("', '")
+        .map(|s| s.trim_matches(['\'', '"', ' ']))
+        .filter(|s| !s.is_empty() && *s != "UNK")
 }
 
 /// Reads labelled texts (JSONL `{"text", "label_id"}`) as pairs; an id that is not an ESCO
@@ -300,6 +435,8 @@ pub fn split_dev(pairs: Vec<Pair>, per_mille: u64) -> (Vec<Pair>, Vec<Pair>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::space::Concept;
+    use std::collections::HashSet;
 
     #[test]
     fn labelled_titles_become_pairs_and_an_unknown_id_names_its_line() {
@@ -352,5 +489,47 @@ mod tests {
         // Only the " / " form repeats (k = 2 and 6).
         let distinct: std::collections::HashSet<&String> = t.iter().collect();
         assert_eq!(distinct.len(), t.len() - 1, "{t:?}");
+    }
+
+    #[test]
+    fn skill_sentences_name_every_skill_in_a_pattern_of_its_type() {
+        let skills = TargetSpace::resolve("esco-skills", Path::new("data")).unwrap();
+        let types = skill_types(Path::new("data")).unwrap();
+        assert_eq!(types.len(), skills.concepts.len());
+        let pairs = skill_sentences(&skills, &types);
+        let ids: HashSet<&str> = pairs.iter().map(|p| p.target_id.as_str()).collect();
+        assert_eq!(
+            ids.len(),
+            skills.concepts.len(),
+            "every skill has a sentence"
+        );
+        let by_id: HashMap<&str, &Concept> =
+            skills.concepts.iter().map(|c| (c.id.as_str(), c)).collect();
+        for p in pairs.iter().step_by(997) {
+            let c = by_id[p.target_id.as_str()];
+            let named = std::iter::once(&c.label)
+                .chain(&c.aliases)
+                .any(|n| p.query.contains(as_written(n)));
+            assert!(named, "{:?} does not name {:?}", p.query, c.label);
+            assert_eq!(p.target, c.label);
+        }
+        // Lists: one query, two or three skills, each its own pair.
+        let mut per_query: HashMap<&str, usize> = HashMap::new();
+        pairs
+            .iter()
+            .for_each(|p| *per_query.entry(p.query.as_str()).or_default() += 1);
+        assert!(per_query.values().any(|&n| n == 3));
+        let python = pairs
+            .iter()
+            .find(|p| p.target == "Python (computer programming)")
+            .unwrap();
+        assert!(
+            !python.query.contains("(computer programming)"),
+            "{python:?}"
+        );
+        assert_eq!(as_written("Python (computer programming)"), "Python");
+        assert_eq!(as_written("manage budgets"), "manage budgets");
+        // Deterministic.
+        assert_eq!(pairs, skill_sentences(&skills, &types));
     }
 }

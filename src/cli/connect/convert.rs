@@ -53,6 +53,16 @@ pub(crate) fn run(a: ConvertArgs) -> anyhow::Result<()> {
             );
             t
         }
+        ConvertKind::Skillskape => {
+            let skills = TargetSpace::resolve("esco-skills", &data_dir)?;
+            let paths: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
+            let (t, unresolved) = eval::convert_skillskape(&paths, &skills)?;
+            eprintln!(
+                "{} tasks; {unresolved} labels not in ESCO v1.1.1 dropped",
+                t.len()
+            );
+            t
+        }
         ConvertKind::JobNormalization => {
             if inputs.len() != 1 {
                 bail!("job-normalization takes one CSV file");
@@ -85,6 +95,8 @@ pub(crate) enum ConvertKind {
     SkillExtraction,
     /// JobBERT job titles CSV.
     JobNormalization,
+    /// SkillSkape job-ad sentence CSVs (`,sentence,skills`).
+    Skillskape,
 }
 
 /// Writes job-normalisation tasks as labelled titles for `uwe-trainer`, leaving out those

@@ -16,9 +16,10 @@ pub(crate) struct EvalArgs {
     /// esco-skills, esco-occupations, or a JSONL space file.
     #[arg(long, required_unless_present = "postings")]
     space: Option<String>,
-    /// Task file: {"query": "...", "relevant": ["id", ...]} per line.
-    #[arg(long, required_unless_present = "postings")]
-    tasks: Option<PathBuf>,
+    /// Task file: {"query": "...", "relevant": ["id", ...]} per line. Several, comma-separated,
+    /// are pooled into one set (e.g. every skill dev set, for comparisons to trust).
+    #[arg(long, required_unless_present = "postings", value_delimiter = ',')]
+    tasks: Vec<PathBuf>,
     /// Annotated postings (JSONL {text, skill_spans, knowledge_spans, esco_labels?}).
     #[arg(long, requires = "config", conflicts_with_all = ["space", "tasks"])]
     postings: Option<PathBuf>,
@@ -61,6 +62,10 @@ pub(crate) struct EvalArgs {
     /// the MAP change and its paired 95% bootstrap interval.
     #[arg(long, conflicts_with = "postings")]
     compare_precision: bool,
+    /// Score this other model directory on the same queries too and print both, with the
+    /// MAP and RP@5 changes from it to `--model` and their paired 95% bootstrap intervals.
+    #[arg(long, conflicts_with_all = ["postings", "compare_precision"])]
+    against: Option<PathBuf>,
     #[command(flatten)]
     scorer: ScorerArgs,
     #[command(flatten)]
@@ -72,7 +77,23 @@ pub(crate) fn run(a: EvalArgs) -> anyhow::Result<()> {
     if a.postings.is_some() {
         postings(a)
     } else if a.compare_precision {
-        compare_precision(a)
+        let f32 = RuntimeArgs {
+            precision: PrecisionChoice::F32,
+            device: Device::Cpu,
+            ..a.rt.clone()
+        };
+        let int8 = RuntimeArgs {
+            precision: PrecisionChoice::Int8,
+            ..f32.clone()
+        };
+        compare(a, [f32, int8], |enc| enc.precision().to_string())
+    } else if let Some(other) = a.against.clone() {
+        let base = RuntimeArgs {
+            model: other,
+            ..a.rt.clone()
+        };
+        let rt = a.rt.clone();
+        compare(a, [base, rt], |enc| enc.manifest().version.clone())
     } else {
         tasks(a)
     }
@@ -207,43 +228,62 @@ fn grid(
 }
 
 /// `--space` and `--tasks` (clap requires both without `--postings`), the scorer and the runtime.
-fn task_args(a: EvalArgs) -> (String, PathBuf, ScorerArgs, RuntimeArgs) {
+fn task_args(a: EvalArgs) -> (String, Vec<PathBuf>, ScorerArgs, RuntimeArgs) {
     (
         a.space.expect("clap requires --space"),
-        a.tasks.expect("clap requires --tasks"),
+        a.tasks,
         a.scorer,
         a.rt,
     )
 }
 
-/// The f32 and int8 graphs on the same queries.
-fn compare_precision(a: EvalArgs) -> anyhow::Result<()> {
-    let (space, tasks, scorer, rt) = task_args(a);
-    let t = eval::read_tasks(&tasks)?;
+/// The task files, pooled into one list of queries.
+fn read_pooled(files: &[PathBuf]) -> anyhow::Result<Vec<eval::Task>> {
+    let mut all = Vec::new();
+    for f in files {
+        all.extend(eval::read_tasks(f)?);
+    }
+    Ok(all)
+}
+
+/// Two runtimes (two precisions, or two models) on the same queries: each one's scores under
+/// `key`, then the changes from the first to the second with paired bootstrap intervals.
+fn compare(
+    a: EvalArgs,
+    runtimes: [RuntimeArgs; 2],
+    key: impl Fn(&crate::encoder::Encoder) -> String,
+) -> anyhow::Result<()> {
+    let (space, tasks, scorer, _) = task_args(a);
+    let t = read_pooled(&tasks)?;
     let mut out = serde_json::Map::new();
     let mut scores = Vec::new();
-    for p in [PrecisionChoice::F32, PrecisionChoice::Int8] {
-        let rt = RuntimeArgs {
-            precision: p,
-            device: Device::Cpu,
-            ..rt.clone()
-        };
+    let mut names = Vec::new();
+    for rt in runtimes {
         let mut enc = rt.load_encoder()?;
         let s = scorer.resolve(enc.manifest());
         let sp = rt.load_space(&space, &mut enc)?;
         let q = eval::score_queries(&mut enc, &sp, &t, s, true)?;
-        out.insert(
-            enc.precision().to_string(),
-            serde_json::to_value(q.report())?,
+        let mut r = serde_json::to_value(q.report())?;
+        r["model"] = enc.manifest().version.clone().into();
+        r["scorer"] = serde_json::to_value(s)?;
+        let k = key(&enc);
+        anyhow::ensure!(
+            !out.contains_key(&k),
+            "both sides are {k}: compare two different models or precisions"
         );
-        out.insert("model".into(), enc.manifest().version.clone().into());
-        out.insert("scorer".into(), serde_json::to_value(s)?);
+        out.insert(k.clone(), r);
+        names.push(k);
         scores.push(q);
     }
     let (d, ci) = eval::map_delta(&scores[0], &scores[1]);
+    let (d5, ci5) = eval::metric_delta(&scores[0], &scores[1], 1);
     out.insert("space".into(), space.into());
+    out.insert("from".into(), names[0].clone().into());
+    out.insert("to".into(), names[1].clone().into());
     out.insert("map_delta".into(), d.into());
     out.insert("map_delta_ci95".into(), serde_json::to_value(ci)?);
+    out.insert("rp5_delta".into(), d5.into());
+    out.insert("rp5_delta_ci95".into(), serde_json::to_value(ci5)?);
     println!("{}", serde_json::Value::Object(out));
     Ok(())
 }
@@ -254,7 +294,7 @@ fn tasks(a: EvalArgs) -> anyhow::Result<()> {
     let mut enc = rt.load_encoder()?;
     let s = scorer.resolve(enc.manifest());
     let sp = rt.load_space(&space, &mut enc)?;
-    let t = eval::read_tasks(&tasks)?;
+    let t = read_pooled(&tasks)?;
     let r = eval::evaluate(&mut enc, &sp, &t, s, true)?;
     let mut v = serde_json::to_value(&r)?;
     v["model"] = enc.manifest().version.clone().into();

@@ -61,12 +61,12 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_repeat, default_value = "job_title=3")]
     repeat: Vec<(String, usize)>,
     /// Sources to leave out: occupation_alias, occupation_title, job_title, skill_alias,
-    /// skill_description, skillskape (`--skip ''` uses all). The default is the shipped
+    /// skill_description, skill_sentence, skillskape (`--skip ''` uses all). The default is the shipped
     /// model's recipe: skill aliases and descriptions cost job normalisation.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "skill_alias,skill_description"
+        default_value = "skill_alias,skill_description,skill_sentence"
     )]
     skip: Vec<String>,
     /// Occupation → essential skills pairs per occupation (0: none, the shipped recipe).
@@ -175,6 +175,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         occupation_titles: !skip.iter().any(|s| s == "occupation_title"),
         skill_aliases: !skip.iter().any(|s| s == "skill_alias"),
         skill_descriptions: !skip.iter().any(|s| s == "skill_description"),
+        skill_sentences: !skip.iter().any(|s| s == "skill_sentence"),
         occupation_skills,
         skillskape: (!skip.iter().any(|s| s == "skillskape"))
             .then(|| data_dir.join("training/skillskape/train.csv")),
