@@ -275,3 +275,77 @@ fn a_threshold_sweep_matches_single_runs_and_its_folds_pool() {
     );
     assert_eq!(a[0].1.totals.noise + b[0].1.totals.noise, r0.totals.noise);
 }
+
+/// `uwe-trainer pseudo-label`'s core with the real model and skills: a confident span labels
+/// its whole sentence, once per skill; a rule no score can meet labels nothing; the rule's
+/// check counts only spans with an ESCO label.
+#[test]
+fn pseudo_labels_come_from_confident_spans_and_label_their_sentence() {
+    use uwe_connect::mentions::TaggedSentence;
+    use uwe_connect::model::ScorerSpec;
+    use uwe_connect::train::pseudo;
+
+    let (mut enc, s, _) = serving(200);
+    let space = s.targets[0].space.clone();
+    let sentence: TaggedSentence = serde_json::from_value(serde_json::json!({
+        "idx": 1, "source": "tech",
+        "tokens": ["Experience", "with", "Python", ",", "more", "Python", "and", "Kubernetes", "."],
+        "tags_skill": ["O", "O", "O", "O", "O", "O", "O", "O", "O"],
+        "tags_knowledge": ["O", "O", "B", "O", "O", "B", "O", "B", "O"],
+    }))
+    .unwrap();
+    let rule = pseudo::Rule {
+        min_score: 0.7,
+        min_margin: 0.05,
+    };
+    let (pairs, spans) = pseudo::pseudo_pairs(
+        &mut enc,
+        &space,
+        std::slice::from_ref(&sentence),
+        rule,
+        ScorerSpec::Pooled,
+    )
+    .unwrap();
+    assert_eq!(spans, 3);
+    let text = "Experience with Python , more Python and Kubernetes .";
+    let label = |id: &str| {
+        space
+            .space
+            .concepts
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap()
+            .label
+            .clone()
+    };
+    let python: Vec<_> = pairs
+        .iter()
+        .filter(|p| label(&p.label_id) == "Python (computer programming)")
+        .collect();
+    assert_eq!(python.len(), 1, "two spans, one skill, one pair: {pairs:?}");
+    assert_eq!(python[0].text, text);
+    assert!(pairs
+        .iter()
+        .all(|p| p.score >= 0.7 && p.margin >= 0.05 && p.text == text));
+    let never = pseudo::Rule {
+        min_score: 1.5,
+        min_margin: 0.0,
+    };
+    let (none, _) =
+        pseudo::pseudo_pairs(&mut enc, &space, &[sentence], never, ScorerSpec::Pooled).unwrap();
+    assert!(none.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("annotations.csv");
+    std::fs::write(
+        &csv,
+        "sentence,span,sub_span,label\n\
+         Experience with Python,Python,,Python (computer programming)\n\
+         Experience with Python,Experience,,LABEL NOT PRESENT\n",
+    )
+    .unwrap();
+    let c =
+        pseudo::check_rule(&mut enc, &space, &[csv.as_path()], rule, ScorerSpec::Pooled).unwrap();
+    assert_eq!((c.spans, c.kept), (1, 1));
+    assert_eq!((c.precision, c.top1_accuracy), (100.0, 100.0));
+}

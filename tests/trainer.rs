@@ -21,6 +21,7 @@ fn tiny_run(what: Trained, lr: f64) {
         occupation_skills: 0,
         skillskape: Some(data_dir.join("training/skillskape/train.csv")),
         job_titles: None,
+        pseudo_labels: None,
         feedback: None,
     };
     let pairs = data::build_pairs(&data_dir, &spec).unwrap();

@@ -18,6 +18,7 @@ mod spans;
 pub mod train;
 
 pub use file::to_safetensors;
+pub use score::{read_sentences, TaggedSentence};
 pub use spans::{decode_bio, snap_to_words, trim_function_words};
 
 use serde::{Deserialize, Serialize};

@@ -27,7 +27,7 @@ pub struct Pair {
 
 /// The names of the sources, as `Pair::source` and the trainer's `--skip` and `--repeat`
 /// spell them.
-pub const SOURCES: [&str; 9] = [
+pub const SOURCES: [&str; 10] = [
     "occupation_alias",
     "occupation_title",
     "job_title",
@@ -36,6 +36,7 @@ pub const SOURCES: [&str; 9] = [
     "skill_sentence",
     "occupation_skill",
     "skillskape",
+    "skillspan_pseudo",
     "feedback",
 ];
 
@@ -61,6 +62,9 @@ pub struct DataSpec {
     /// Real vacancy titles labelled with their occupation, JSONL `{"text", "label_id"}`
     /// (the training share of the JobBERT titles, `uwe-connect convert --train-out`).
     pub job_titles: Option<std::path::PathBuf>,
+    /// Real job-ad sentences with pseudo-labels, JSONL `{"text", "label_id", ...}`
+    /// (`uwe-trainer pseudo-label`).
+    pub pseudo_labels: Option<std::path::PathBuf>,
     /// Feedback JSONL `{"text", "label_id"}`.
     pub feedback: Option<std::path::PathBuf>,
 }
@@ -379,6 +383,7 @@ pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
         .collect();
     for (path, source) in [
         (&spec.job_titles, "job_title"),
+        (&spec.pseudo_labels, "skillspan_pseudo"),
         (&spec.feedback, "feedback"),
     ] {
         if let Some(p) = path {

@@ -1,6 +1,7 @@
 //! The `uwe-trainer` binary: one module per subcommand, each with its arguments.
 
 mod mentions;
+mod pseudo;
 mod publish;
 mod train;
 
@@ -35,6 +36,12 @@ enum Cmd {
     ///
     /// Example: uwe-trainer mentions --model models/uwe-minilm-l6 --also trained/uwe-minilm-l6
     Mentions(mentions::MentionsArgs),
+    /// Label real job-ad sentences with ESCO skills through their annotated spans (each span
+    /// ranked on its own; its top skill kept when confident and clearly ahead), as training
+    /// pairs for `train --pseudo-labels`; prints the rule's precision on annotated dev spans.
+    ///
+    /// Example: uwe-trainer pseudo-label --model models/uwe-minilm-l6 --out pseudo.jsonl
+    PseudoLabel(pseudo::PseudoArgs),
 }
 
 /// Parses the command line, runs the subcommand, and turns an error into exit code 1 with
@@ -44,6 +51,7 @@ pub fn main() -> ExitCode {
     let r = match Cli::parse().cmd {
         Cmd::Train(a) => train::run(a),
         Cmd::Mentions(a) => mentions::run(a),
+        Cmd::PseudoLabel(a) => pseudo::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

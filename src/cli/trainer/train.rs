@@ -49,6 +49,10 @@ pub(crate) struct TrainArgs {
     /// InfoNCE temperature.
     #[arg(long, default_value_t = 0.05)]
     nce_temperature: f32,
+    /// Real job-ad sentences with pseudo-labels, JSONL {"text", "label_id", ...}, from
+    /// `uwe-trainer pseudo-label` (source `skillspan_pseudo`).
+    #[arg(long)]
+    pseudo_labels: Option<PathBuf>,
     /// Analysts' feedback pairs, JSONL {"text", "label_id"}.
     #[arg(long)]
     feedback: Option<PathBuf>,
@@ -123,6 +127,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         warmup,
         temperature,
         nce_temperature,
+        pseudo_labels,
         feedback,
         job_titles,
         repeat,
@@ -182,6 +187,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         job_titles: (!skip.iter().any(|s| s == "job_title")).then(|| {
             job_titles.unwrap_or_else(|| data_dir.join("training/job_titles/train.jsonl"))
         }),
+        pseudo_labels,
         feedback,
     };
     let mut pairs = data::build_pairs(&data_dir, &dspec)?;
