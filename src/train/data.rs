@@ -215,9 +215,11 @@ fn skill_sentences(skills: &TargetSpace, knowledge: &HashMap<String, bool>) -> V
         // Consecutive entries of a hashed order make lists of 2 or 3 unrelated skills.
         let mut order: Vec<usize> = (0..pool.len()).collect();
         order.sort_by_key(|&i| (i.wrapping_mul(2654435761)) % 1_000_003);
-        let mut i = 0;
+        let (mut i, mut lists) = (0, 0usize);
         while i + 1 < order.len() {
-            let n = if i % 3 == 0 { 3 } else { 2 }.min(order.len() - i);
+            // Every second list names three skills, the others two.
+            let n = (if lists % 2 == 0 { 3 } else { 2 }).min(order.len() - i);
+            lists += 1;
             let items: Vec<(usize, &str)> = order[i..i + n].iter().map(|&j| pool[j]).collect();
             let names: Vec<&str> = items.iter().map(|x| x.1).collect();
             let list = match names.as_slice() {
@@ -524,6 +526,7 @@ mod tests {
             .iter()
             .for_each(|p| *per_query.entry(p.query.as_str()).or_default() += 1);
         assert!(per_query.values().any(|&n| n == 3));
+        assert!(per_query.values().any(|&n| n == 2));
         let python = pairs
             .iter()
             .find(|p| p.target == "Python (computer programming)")

@@ -59,7 +59,7 @@ pub(crate) struct EvalArgs {
     #[arg(long, requires = "postings")]
     reencode_spans: bool,
     /// Score the model's f32 and int8 graphs on the same queries and print both, with
-    /// the MAP change and its paired 95% bootstrap interval.
+    /// the MAP and RP@5 changes and their paired 95% bootstrap intervals.
     #[arg(long, conflicts_with = "postings")]
     compare_precision: bool,
     /// Score this other model directory on the same queries too and print both, with the
