@@ -20,7 +20,8 @@
 //! - [`eval`]: MAP / RP@k / MRR on task files, dev-set converters, and the whole-posting
 //!   evaluation (noise share, span P/R/F1, label P/R).
 //! - [`text`]: sentence spans.
-//! - [`train`]: the trainer sidecar (training pairs, top BERT layers or a projection head on candle, eval gate).
+//! - [`train`]: the trainer sidecar (training pairs, pseudo-labelled job-ad sentences, top BERT
+//!   layers or a projection head on candle, eval gate).
 //! - [`telemetry`]: every metric name, in one place.
 //! - [`cli`]: the binaries' subcommands, one module each, with their arguments.
 //! - [`error`]: error domains and their classes (bad data, transient, fatal).
