@@ -117,5 +117,21 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
+/// Reads a CSV file with a header row: each record with its 1-based line number (records
+/// span one line each in the files read here). A file that cannot be opened, or a record
+/// that cannot be parsed, is a `BadLine` naming the file and the line.
+pub fn read_csv(path: &std::path::Path) -> Result<Vec<(usize, csv::StringRecord)>> {
+    let bad = |line: usize, e: csv::Error| ModelError::BadLine {
+        path: path.to_path_buf(),
+        line,
+        msg: e.to_string(),
+    };
+    let mut rdr = csv::Reader::from_path(path).map_err(|e| bad(0, e))?;
+    rdr.records()
+        .enumerate()
+        .map(|(i, rec)| rec.map(|r| (i + 2, r)).map_err(|e| bad(i + 2, e)))
+        .collect()
+}
+
 /// Shorthand result for the model runtime.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

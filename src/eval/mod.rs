@@ -215,24 +215,10 @@ pub fn bootstrap<T: Copy>(items: &[T], stat: impl Fn(&[T]) -> f64) -> [f64; 2] {
 /// tasks over `skills`: one task per sentence with at least one label in the space. Returns
 /// the tasks and the number of labels that did not resolve.
 pub fn convert_skillskape(paths: &[&Path], skills: &TargetSpace) -> Result<(Vec<Task>, usize)> {
-    let by_label: HashMap<String, &str> = skills
-        .concepts
-        .iter()
-        .map(|c| (c.label.to_lowercase(), c.id.as_str()))
-        .collect();
+    let by_label = skills.ids_by_label();
     let (mut tasks, mut unresolved) = (Vec::new(), 0);
     for p in paths {
-        let mut rdr = csv::Reader::from_path(p).map_err(|e| ModelError::BadLine {
-            path: p.to_path_buf(),
-            line: 0,
-            msg: e.to_string(),
-        })?;
-        for (i, rec) in rdr.records().enumerate() {
-            let rec = rec.map_err(|e| ModelError::BadLine {
-                path: p.to_path_buf(),
-                line: i + 2,
-                msg: e.to_string(),
-            })?;
+        for (_, rec) in crate::error::read_csv(p)? {
             let mut relevant: Vec<String> = Vec::new();
             for l in crate::train::data::skillskape_labels(rec.get(2).unwrap_or("")) {
                 match by_label.get(&l.to_lowercase()) {
@@ -261,26 +247,12 @@ pub fn convert_skill_extraction(
     paths: &[&Path],
     skills: &TargetSpace,
 ) -> Result<(Vec<Task>, usize)> {
-    let by_label: HashMap<String, &str> = skills
-        .concepts
-        .iter()
-        .map(|c| (c.label.to_lowercase(), c.id.as_str()))
-        .collect();
+    let by_label = skills.ids_by_label();
     let mut order: Vec<String> = Vec::new();
     let mut rel: HashMap<String, Vec<String>> = HashMap::new();
     let mut unresolved = 0;
     for path in paths {
-        let mut rdr = csv::Reader::from_path(path).map_err(|e| ModelError::BadLine {
-            path: path.to_path_buf(),
-            line: 0,
-            msg: e.to_string(),
-        })?;
-        for (i, rec) in rdr.records().enumerate() {
-            let rec = rec.map_err(|e| ModelError::BadLine {
-                path: path.to_path_buf(),
-                line: i + 2,
-                msg: e.to_string(),
-            })?;
+        for (_, rec) in crate::error::read_csv(path)? {
             let (sentence, label) = (
                 rec.get(0).unwrap_or("").trim(),
                 rec.get(3).unwrap_or("").trim(),

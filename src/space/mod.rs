@@ -91,6 +91,14 @@ impl TargetSpace {
         }
     }
 
+    /// Concept ids by lower-cased preferred label (how labelled data names ESCO concepts).
+    pub fn ids_by_label(&self) -> std::collections::HashMap<String, &str> {
+        self.concepts
+            .iter()
+            .map(|c| (c.label.to_lowercase(), c.id.as_str()))
+            .collect()
+    }
+
     /// The space of this space's alternative labels, one concept per distinct alias (its id
     /// the owner's id), with `offsets`: concept `i`'s aliases are `offsets[i]..offsets[i+1]`.
     /// Aliases equal to the preferred label (ignoring case) are left out.

@@ -314,11 +314,7 @@ pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
         .iter()
         .map(|c| (c.id.as_str(), c.label.as_str()))
         .collect();
-    let skill_by_label: HashMap<String, &str> = skills
-        .concepts
-        .iter()
-        .map(|c| (c.label.to_lowercase(), c.id.as_str()))
-        .collect();
+    let skill_by_label = skills.ids_by_label();
     if spec.occupation_skills > 0 {
         let occ_label: HashMap<&str, &str> = occs
             .concepts

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::encoder::{Encoder, TextEmbedding};
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::mentions::{MentionKind, TaggedSentence};
 use crate::model::ScorerSpec;
 use crate::rank::rank_many;
@@ -128,7 +128,8 @@ pub fn pseudo_pairs(
 }
 
 /// Precision of `rule` on annotated spans: skill-extraction CSVs (`sentence,span,sub_span,
-/// label`, label an ESCO preferred label; rows without one are skipped).
+/// label`, label an ESCO preferred label; rows without one are skipped, a malformed row is an
+/// error naming its line).
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleCheck {
     /// Spans with an ESCO label.
@@ -152,12 +153,7 @@ pub fn check_rule(
     let mut spans = Vec::new();
     let mut gold = Vec::new();
     for p in csvs {
-        let mut rdr = csv::Reader::from_path(p).map_err(|e| ModelError::BadLine {
-            path: p.to_path_buf(),
-            line: 0,
-            msg: e.to_string(),
-        })?;
-        for rec in rdr.records().flatten() {
+        for (_, rec) in crate::error::read_csv(p)? {
             let (span, label) = (rec.get(1).unwrap_or("").trim(), rec.get(3).unwrap_or(""));
             if span.is_empty() || matches!(label, "LABEL NOT PRESENT" | "UNDERSPECIFIED" | "") {
                 continue;

@@ -43,20 +43,14 @@ pub(crate) fn run(a: ConvertArgs) -> anyhow::Result<()> {
         bail!("--train-out splits job-normalization titles only");
     }
     let tasks = match kind {
-        ConvertKind::SkillExtraction => {
+        ConvertKind::SkillExtraction | ConvertKind::Skillskape => {
             let skills = TargetSpace::resolve("esco-skills", &data_dir)?;
             let paths: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
-            let (t, unresolved) = eval::convert_skill_extraction(&paths, &skills)?;
-            eprintln!(
-                "{} tasks; {unresolved} labels not in ESCO v1.1.1 dropped",
-                t.len()
-            );
-            t
-        }
-        ConvertKind::Skillskape => {
-            let skills = TargetSpace::resolve("esco-skills", &data_dir)?;
-            let paths: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
-            let (t, unresolved) = eval::convert_skillskape(&paths, &skills)?;
+            let convert = match kind {
+                ConvertKind::Skillskape => eval::convert_skillskape,
+                _ => eval::convert_skill_extraction,
+            };
+            let (t, unresolved) = convert(&paths, &skills)?;
             eprintln!(
                 "{} tasks; {unresolved} labels not in ESCO v1.1.1 dropped",
                 t.len()
