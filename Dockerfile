@@ -20,8 +20,9 @@ COPY --from=build /src/models/uwe-minilm-l6 /app/models/uwe-minilm-l6
 COPY --from=build /src/data /app/data
 COPY --from=build /src/schemas /app/schemas
 COPY --from=build /src/connectors /app/connectors
+COPY --from=build /src/deploy/trainer.toml /app/deploy/trainer.toml
 RUN ln -s uwe-minilm-l6 /app/models/default
 ENV ORT_DYLIB_PATH=/app/.uwe/lib/libonnxruntime.so UWE_CACHE_DIR=/app/cache
-EXPOSE 9464
+EXPOSE 9464 9465
 ENTRYPOINT ["uwe-connect"]
 CMD ["run", "--config", "connectors/vacancies.toml"]

@@ -22,6 +22,7 @@
 //! - [`text`]: sentence spans.
 //! - [`train`]: the trainer sidecar (training pairs, pseudo-labelled job-ad sentences, top BERT
 //!   layers or a projection head on candle, eval gate).
+//! - [`sidecar`]: `uwe-trainer serve`: the feedback log, its triggers and run state.
 //! - [`telemetry`]: every metric name, in one place.
 //! - [`cli`]: the binaries' subcommands, one module each, with their arguments.
 //! - [`error`]: error domains and their classes (bad data, transient, fatal).
@@ -38,6 +39,7 @@ pub mod eval;
 pub mod mentions;
 pub mod model;
 pub mod rank;
+pub mod sidecar;
 pub mod space;
 pub mod telemetry;
 pub mod text;

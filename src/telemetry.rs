@@ -130,3 +130,76 @@ pub fn describe_connector() {
         "Mean top-k overlap of the last candidate with the serving model on shadow-scored live events"
     );
 }
+
+/// Feedback events read from the feedback topic.
+pub const TRAINER_FEEDBACK_RECEIVED_TOTAL: &str = "uwe_trainer_feedback_received_total";
+/// Feedback events durably stored, by `verdict`.
+pub const TRAINER_FEEDBACK_STORED_TOTAL: &str = "uwe_trainer_feedback_stored_total";
+/// Feedback events dead-lettered, by `reason`.
+pub const TRAINER_FEEDBACK_DEAD_LETTERED_TOTAL: &str = "uwe_trainer_feedback_dead_lettered_total";
+/// Stored feedback events no run has trained on yet.
+pub const TRAINER_FEEDBACK_PENDING: &str = "uwe_trainer_feedback_pending";
+/// Retraining runs ended, by `reason` (feedback, interval, requested, resumed) and `outcome`
+/// (published, refused, failed).
+pub const TRAINER_RUNS_TOTAL: &str = "uwe_trainer_runs_total";
+/// Seconds per retraining run (training, gate and publishing).
+pub const TRAINER_RUN_SECONDS: &str = "uwe_trainer_run_seconds";
+/// 1 while a retraining run is in progress.
+pub const TRAINER_RUN_IN_PROGRESS: &str = "uwe_trainer_run_in_progress";
+/// 1 when the last candidate passed the gate and was published, 0 when it was refused.
+pub const TRAINER_LAST_GATE_PUBLISHED: &str = "uwe_trainer_last_gate_published";
+/// Dev MAP (points) of the last candidate, by `task`.
+pub const TRAINER_CANDIDATE_DEV_MAP: &str = "uwe_trainer_candidate_dev_map";
+/// Dev MAP (points) of the model the last candidate was gated against, by `task`.
+pub const TRAINER_SERVING_DEV_MAP: &str = "uwe_trainer_serving_dev_map";
+/// 1 for the registry's current model version, by `version`.
+pub const TRAINER_MODEL_INFO: &str = "uwe_trainer_model_info";
+
+/// Registers descriptions of the trainer service's metrics.
+pub fn describe_trainer() {
+    metrics::describe_counter!(
+        TRAINER_FEEDBACK_RECEIVED_TOTAL,
+        "Feedback events read from the feedback topic"
+    );
+    metrics::describe_counter!(
+        TRAINER_FEEDBACK_STORED_TOTAL,
+        "Feedback events durably stored, by verdict"
+    );
+    metrics::describe_counter!(
+        TRAINER_FEEDBACK_DEAD_LETTERED_TOTAL,
+        "Feedback events dead-lettered, by reason"
+    );
+    metrics::describe_gauge!(
+        TRAINER_FEEDBACK_PENDING,
+        "Stored feedback events no run has trained on yet"
+    );
+    metrics::describe_counter!(
+        TRAINER_RUNS_TOTAL,
+        "Retraining runs ended, by reason and outcome"
+    );
+    metrics::describe_histogram!(
+        TRAINER_RUN_SECONDS,
+        metrics::Unit::Seconds,
+        "Time per retraining run: training, gate, publishing"
+    );
+    metrics::describe_gauge!(
+        TRAINER_RUN_IN_PROGRESS,
+        "1 while a retraining run is in progress"
+    );
+    metrics::describe_gauge!(
+        TRAINER_LAST_GATE_PUBLISHED,
+        "1 when the last candidate was published, 0 when the gate refused it"
+    );
+    metrics::describe_gauge!(
+        TRAINER_CANDIDATE_DEV_MAP,
+        "Dev MAP of the last candidate, by task"
+    );
+    metrics::describe_gauge!(
+        TRAINER_SERVING_DEV_MAP,
+        "Dev MAP of the model the last candidate was gated against, by task"
+    );
+    metrics::describe_gauge!(
+        TRAINER_MODEL_INFO,
+        "1 for the registry's current model version"
+    );
+}

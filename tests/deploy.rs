@@ -1,5 +1,6 @@
 //! No Docker engine runs here, so the compose stack is checked statically: every file,
-//! port and volume it names exists, and the dashboard queries metrics the connector exports.
+//! port and volume it names exists, and the dashboard queries metrics the connector and the
+//! trainer export (`tests/prometheus.rs` runs a real Prometheus against both).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -29,6 +30,17 @@ fn exported() -> HashSet<&'static str> {
         t::MODEL_INFO,
         t::MODEL_SWAPS_TOTAL,
         t::MODEL_SWAP_SECONDS,
+        t::TRAINER_FEEDBACK_RECEIVED_TOTAL,
+        t::TRAINER_FEEDBACK_STORED_TOTAL,
+        t::TRAINER_FEEDBACK_DEAD_LETTERED_TOTAL,
+        t::TRAINER_FEEDBACK_PENDING,
+        t::TRAINER_RUNS_TOTAL,
+        t::TRAINER_RUN_SECONDS,
+        t::TRAINER_RUN_IN_PROGRESS,
+        t::TRAINER_LAST_GATE_PUBLISHED,
+        t::TRAINER_CANDIDATE_DEV_MAP,
+        t::TRAINER_SERVING_DEV_MAP,
+        t::TRAINER_MODEL_INFO,
     ]
     .into_iter()
     .collect()
@@ -101,6 +113,32 @@ fn compose_names_only_things_that_exist() {
         .as_str()
         .unwrap();
     assert_eq!(target, format!("connector:{port}"));
+
+    // The trainer runs as a service: its config exists and validates, it restarts, and
+    // Prometheus scrapes the port it listens on.
+    let trainer = &compose["services"]["trainer"];
+    assert_eq!(trainer["restart"].as_str(), Some("unless-stopped"));
+    let cmd: Vec<&str> = trainer["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(cmd[0], "serve");
+    let cfg_path = root().join(cmd[cmd.iter().position(|a| *a == "--config").unwrap() + 1]);
+    let cfg = uwe_connect::sidecar::config::ServiceConfig::load(&cfg_path).unwrap();
+    let port = cfg.http.listen.rsplit(':').next().unwrap().to_string();
+    assert!(trainer["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| p.as_str().unwrap().ends_with(&format!(":{port}"))));
+    let target = prom["scrape_configs"][1]["static_configs"][0]["targets"][0]
+        .as_str()
+        .unwrap();
+    assert_eq!(target, format!("trainer:{port}"));
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("deploy/trainer.toml"));
 }
 
 #[test]
@@ -113,7 +151,8 @@ fn dashboard_queries_exported_metrics() {
     let exported = exported();
     let mut used = HashSet::new();
     for p in d["panels"].as_array().unwrap() {
-        for tgt in p["targets"].as_array().unwrap() {
+        // Rows group panels and query nothing.
+        for tgt in p["targets"].as_array().into_iter().flatten() {
             let expr = tgt["expr"].as_str().unwrap();
             for (i, _) in expr.match_indices("uwe_") {
                 let name: String = expr[i..]
@@ -127,7 +166,7 @@ fn dashboard_queries_exported_metrics() {
                     });
                 assert!(
                     exported.contains(base.as_str()),
-                    "dashboard queries {name}, which the connector does not export"
+                    "dashboard queries {name}, which neither the connector nor the trainer exports"
                 );
                 used.insert(base);
             }
@@ -140,6 +179,9 @@ fn dashboard_queries_exported_metrics() {
         t::RECORDS_DEAD_LETTERED_TOTAL,
         t::MODEL_INFO,
         t::BATCH_EVENTS,
+        t::TRAINER_FEEDBACK_STORED_TOTAL,
+        t::TRAINER_LAST_GATE_PUBLISHED,
+        t::TRAINER_CANDIDATE_DEV_MAP,
     ] {
         assert!(used.contains(m), "dashboard shows {m}");
     }

@@ -5,26 +5,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use uwe_connect::connector::swap;
 use uwe_connect::model::{self, ModelDir, ScorerSpec};
 use uwe_connect::train;
-
-fn copy_model(from: &Path, to: &Path, version: &str) {
-    std::fs::create_dir_all(to).unwrap();
-    for f in ["model.onnx", "tokenizer.json"] {
-        std::fs::copy(from.join(f), to.join(f)).unwrap();
-    }
-    let mut m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(from.join("manifest.json")).unwrap())
-            .unwrap();
-    m["version"] = version.into();
-    m["created_at"] = uwe_connect::model::now_rfc3339().into();
-    std::fs::write(to.join("manifest.json"), m.to_string()).unwrap();
-}
 
 #[test]
 fn swap_under_traffic_and_refuse_a_corrupt_model() {

@@ -58,7 +58,8 @@ fn tiny_run(what: Trained, lr: f64) {
         resume: false,
         progress: false,
     };
-    let report = train::train(&mut enc, model.as_ref(), &train_pairs, &dev_pairs, &ts).unwrap();
+    let report =
+        train::train(&mut enc, model.as_ref(), &train_pairs, &dev_pairs, &[], &ts).unwrap();
     assert!(report.loss_end < report.loss_start * 0.9, "{report:?}");
     // 360 pairs overfit within 40 steps, so held-out loss is only checked to be measured here;
     // the shipped model's card records it for a real run.

@@ -25,7 +25,8 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn bad(reason: &'static str, msg: impl Into<String>) -> Self {
+    /// A bad-data error (dead-letter it) with this reason.
+    pub fn bad(reason: &'static str, msg: impl Into<String>) -> Self {
         DecodeError {
             class: ErrorClass::BadData,
             reason,
@@ -44,9 +45,16 @@ pub struct CodecSetupError {
     pub msg: String,
 }
 
-/// Decodes payloads of one pipeline.
+/// Decodes payloads of one pipeline into events.
 pub struct Codec {
     event_type: EventType,
+    values: ValueDecoder,
+}
+
+/// Decodes payloads into JSON values: size bound, JSON (a byte-order mark tolerated) or
+/// Avro in the Confluent wire format read with a reader schema. The connector's events and
+/// the trainer's feedback share it.
+pub struct ValueDecoder {
     max_bytes: usize,
     avro: Option<Avro>,
 }
@@ -98,6 +106,32 @@ pub fn load_schema_dir(dir: &Path) -> Result<HashMap<u32, Schema>, CodecSetupErr
 impl Codec {
     /// Builds the codec of a pipeline.
     pub fn new(cfg: &CodecSection, event_type: EventType) -> Result<Self, CodecSetupError> {
+        Ok(Codec {
+            event_type,
+            values: ValueDecoder::new(cfg, &default_reader_schema(event_type))?,
+        })
+    }
+
+    /// Decodes one payload.
+    pub fn decode(&self, payload: Option<&[u8]>) -> Result<Event, DecodeError> {
+        let value = self.values.decode(payload)?;
+        let ev = Event::from_json(self.event_type, value).map_err(|e| {
+            DecodeError::bad(
+                "schema",
+                format!("not a valid {} event: {e}", self.event_type.as_str()),
+            )
+        })?;
+        if ev.id().trim().is_empty() {
+            return Err(DecodeError::bad("schema", "`id` is empty"));
+        }
+        Ok(ev)
+    }
+}
+
+impl ValueDecoder {
+    /// Builds a decoder; `default_reader` is the Avro reader schema unless
+    /// `codec.reader_schema` names another.
+    pub fn new(cfg: &CodecSection, default_reader: &Path) -> Result<Self, CodecSetupError> {
         let avro = match cfg.format {
             Format::Json => None,
             Format::Avro => {
@@ -107,7 +141,7 @@ impl Codec {
                 let rpath = cfg
                     .reader_schema
                     .clone()
-                    .unwrap_or_else(|| default_reader_schema(event_type));
+                    .unwrap_or_else(|| default_reader.to_path_buf());
                 let text = std::fs::read_to_string(&rpath).map_err(|e| CodecSetupError {
                     path: rpath.clone(),
                     msg: format!("cannot read the reader schema: {e}"),
@@ -127,15 +161,14 @@ impl Codec {
                 })
             }
         };
-        Ok(Codec {
-            event_type,
+        Ok(ValueDecoder {
             max_bytes: cfg.max_event_bytes,
             avro,
         })
     }
 
-    /// Decodes one payload.
-    pub fn decode(&self, payload: Option<&[u8]>) -> Result<Event, DecodeError> {
+    /// Decodes one payload into a JSON value.
+    pub fn decode(&self, payload: Option<&[u8]>) -> Result<serde_json::Value, DecodeError> {
         let p = payload
             .ok_or_else(|| DecodeError::bad("empty", "the record has no value (tombstone)"))?;
         if p.len() > self.max_bytes {
@@ -148,27 +181,17 @@ impl Codec {
                 ),
             ));
         }
-        let value = match &self.avro {
+        match &self.avro {
             None => {
                 let s = std::str::from_utf8(p)
                     .map_err(|e| DecodeError::bad("not_utf8", e.to_string()))?;
                 // Windows tools write a UTF-8 byte-order mark; JSON itself never needs one.
                 let s = s.strip_prefix('\u{feff}').unwrap_or(s);
                 serde_json::from_str::<serde_json::Value>(s)
-                    .map_err(|e| DecodeError::bad("malformed_json", e.to_string()))?
+                    .map_err(|e| DecodeError::bad("malformed_json", e.to_string()))
             }
-            Some(a) => a.decode(p)?,
-        };
-        let ev = Event::from_json(self.event_type, value).map_err(|e| {
-            DecodeError::bad(
-                "schema",
-                format!("not a valid {} event: {e}", self.event_type.as_str()),
-            )
-        })?;
-        if ev.id().trim().is_empty() {
-            return Err(DecodeError::bad("schema", "`id` is empty"));
+            Some(a) => a.decode(p),
         }
-        Ok(ev)
     }
 }
 

@@ -39,7 +39,7 @@ pub mod kafka;
 pub mod offsets;
 pub mod pipeline;
 mod ranker;
-mod sink;
+pub(crate) mod sink;
 mod source;
 pub mod swap;
 mod watcher;

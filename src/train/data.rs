@@ -73,6 +73,9 @@ pub struct DataSpec {
 struct Feedback {
     text: String,
     label_id: String,
+    /// Feedback events carry one; a rejection is not a positive pair.
+    #[serde(default)]
+    verdict: Option<String>,
 }
 
 /// What vacancy titles wrap around an occupation name without changing the occupation:
@@ -408,6 +411,13 @@ fn read_labelled(p: &Path, by_id: &HashMap<&str, &str>, source: &'static str) ->
     crate::error::read_jsonl::<Feedback>(p, "{\"text\", \"label_id\"}")?
         .into_iter()
         .map(|(line, fb)| {
+            if fb.verdict.as_deref() == Some("reject") {
+                return Err(ModelError::BadLine {
+                    path: p.to_path_buf(),
+                    line,
+                    msg: "a rejected label is not a positive pair; `uwe-trainer serve` trains on rejections as hard negatives".into(),
+                });
+            }
             let label = by_id
                 .get(fb.label_id.as_str())
                 .ok_or_else(|| ModelError::BadLine {

@@ -188,27 +188,6 @@ pub fn late_scores(
     total.broadcast_div(&q_words.sum_keepdim(1)?.clamp(1.0, f64::MAX)?)
 }
 
-/// Symmetric InfoNCE over `scores [b, b]` where `same[i][j]` marks pairs sharing a target.
-fn info_nce(scores: &Tensor, same: &Tensor, temp: f32) -> candle_core::Result<Tensor> {
-    let b = scores.dim(0)?;
-    let eye = Tensor::eye(b, DType::F32, &cpu())?;
-    // Other positives are masked out of the denominators, not counted as negatives.
-    let mask = ((same - &eye)? * -1e4)?;
-    let logits = ((scores / temp as f64)? + mask)?;
-    let ce = |l: &Tensor| -> candle_core::Result<Tensor> {
-        let max = l.max_keepdim(1)?.detach();
-        let lse = l
-            .broadcast_sub(&max)?
-            .exp()?
-            .sum_keepdim(1)?
-            .log()?
-            .add(&max)?;
-        let diag = l.mul(&eye)?.sum_keepdim(1)?;
-        lse.sub(&diag)?.mean_all()
-    };
-    (ce(&logits)? + ce(&logits.t()?)?)? * 0.5
-}
-
 /// One batch's loss. Pairs `i` and `j` are positives of each other when they share their
 /// target (`target_ids`) or their query text (`query_ids`: a sentence naming several skills).
 pub fn batch_loss(
@@ -219,25 +198,141 @@ pub fn batch_loss(
     target_ids: &[usize],
     obj: Objective,
 ) -> candle_core::Result<Tensor> {
-    let (qx, qa, qw) = pad(queries, model.dim())?;
-    let (tx, ta, tw) = pad(targets, model.dim())?;
+    let rows = Rows {
+        queries,
+        query_ids,
+        target_ids,
+        positives: targets.len(),
+    };
+    batch_loss_with_negatives(model, &rows, targets, &[], obj)
+}
+
+/// The query side of a batch: `positives` rows with a target (the first ones, matching
+/// `targets`), then rows known only by what they are not (a rejected label, no confirmed one).
+pub struct Rows<'a> {
+    /// Query states, one per row.
+    pub queries: &'a [&'a Hidden],
+    /// Query text ids (rows with the same text are positives of each other's targets).
+    pub query_ids: &'a [usize],
+    /// Target concept ids of the first `positives` rows.
+    pub target_ids: &'a [usize],
+    /// Rows with a target.
+    pub positives: usize,
+}
+
+/// A hard negative: a label analysts rejected for the text of row `row`.
+pub struct HardNegative<'a> {
+    /// The row whose text it is wrong for.
+    pub row: usize,
+    /// The label's states.
+    pub target: &'a Hidden,
+    /// Its concept id (a row whose target shares it keeps it as a positive, masked).
+    pub target_id: usize,
+}
+
+/// [`batch_loss`] with hard negatives as extra target columns. Rows with a target get the
+/// symmetric InfoNCE, their rejected labels among the negatives of the query → target side
+/// (another row that has the label as its target masks it instead); rows with only a
+/// rejected label get an unlikelihood term, `-log(1 - p)` for the rejected label's softmax
+/// share among every column of the batch (Welleck et al. 2019), pushing it below labels the
+/// text was not judged against.
+pub fn batch_loss_with_negatives(
+    model: &dyn Trainable,
+    rows: &Rows<'_>,
+    targets: &[&Hidden],
+    negatives: &[HardNegative<'_>],
+    obj: Objective,
+) -> candle_core::Result<Tensor> {
+    let b = rows.positives;
+    let r = rows.queries.len();
+    let mut columns: Vec<&Hidden> = targets.to_vec();
+    columns.extend(negatives.iter().map(|n| n.target));
+    let c = columns.len();
+    let (qx, qa, qw) = pad(rows.queries, model.dim())?;
+    let (tx, ta, tw) = pad(&columns, model.dim())?;
     let (qp, qt) = pool(&model.forward(&qx, &qa)?, &qa)?;
     let (tp, tt) = pool(&model.forward(&tx, &ta)?, &ta)?;
-    let b = queries.len();
-    let same: Vec<f32> = (0..b * b)
-        .map(|k| {
-            let (i, j) = (k / b, k % b);
-            if target_ids[i] == target_ids[j] || query_ids[i] == query_ids[j] {
-                1.0
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let same = Tensor::from_vec(same, (b, b), &cpu())?;
-    let pooled = qp.matmul(&tp.t()?)?;
+    let pooled = qp.matmul(&tp.t()?)?; // [r, c]
     let late = late_scores(&qt, &qw, &tt, &tw, obj.late_temperature)?;
-    info_nce(&late, &same, obj.nce_temperature)? + info_nce(&pooled, &same, obj.nce_temperature)?
+
+    // Masks over the positive rows: other positives of a row are left out of its softmax.
+    let mut mask = vec![0f32; b * c];
+    let mut eye = vec![0f32; b * c];
+    for i in 0..b {
+        eye[i * c + i] = 1.0;
+        for j in 0..b {
+            let same =
+                rows.target_ids[i] == rows.target_ids[j] || rows.query_ids[i] == rows.query_ids[j];
+            if same && i != j {
+                mask[i * c + j] = -1e4;
+            }
+        }
+        for (k, n) in negatives.iter().enumerate() {
+            if n.row != i && n.target_id == rows.target_ids[i] {
+                mask[i * c + b + k] = -1e4;
+            }
+        }
+    }
+    let mask = Tensor::from_vec(mask, (b, c), &cpu())?;
+    let eye = Tensor::from_vec(eye, (b, c), &cpu())?;
+    // Unlikelihood terms: one per hard negative of a row without a target.
+    let ul: Vec<(u32, usize)> = negatives
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.row >= b)
+        .map(|(k, n)| (n.row as u32, b + k))
+        .collect();
+    let ul_rows = Tensor::from_vec(
+        ul.iter().map(|u| u.0).collect::<Vec<u32>>(),
+        ul.len(),
+        &cpu(),
+    )?;
+    let mut ul_pick = vec![0f32; ul.len() * c];
+    for (i, (_, col)) in ul.iter().enumerate() {
+        ul_pick[i * c + col] = 1.0;
+    }
+    let ul_pick = Tensor::from_vec(ul_pick, (ul.len(), c), &cpu())?;
+    debug_assert!(negatives.iter().all(|n| n.row < r));
+
+    let term = |scores: &Tensor| -> candle_core::Result<Tensor> {
+        let logits = (scores / obj.nce_temperature as f64)?;
+        let mut loss = Tensor::zeros((), DType::F32, &cpu())?;
+        if b > 0 {
+            let pos = logits.narrow(0, 0, b)?;
+            let q2t = ce(&(&pos + &mask)?, &eye)?;
+            let square = pos.narrow(1, 0, b)?.t()?;
+            let sq_mask = mask.narrow(1, 0, b)?.t()?;
+            let sq_eye = eye.narrow(1, 0, b)?;
+            let t2q = ce(&(&square + &sq_mask)?, &sq_eye)?;
+            loss = ((q2t + t2q)? * 0.5)?;
+        }
+        if !ul.is_empty() {
+            // -log(1 - p) = lse(all columns) - lse(all but the rejected one): stable where
+            // p is close to 1, which is exactly when the term matters.
+            let l = logits.index_select(&ul_rows, 0)?;
+            let others = (&l + (&ul_pick * -1e4)?)?;
+            let un = lse(&l)?.sub(&lse(&others)?)?.mean_all()?;
+            loss = (loss + un)?;
+        }
+        Ok(loss)
+    };
+    term(&late)? + term(&pooled)?
+}
+
+/// Row-wise log-sum-exp `[n, 1]` of logits `[n, c]`.
+fn lse(l: &Tensor) -> candle_core::Result<Tensor> {
+    let max = l.max_keepdim(1)?.detach();
+    l.broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(1)?
+        .log()?
+        .add(&max)
+}
+
+/// Mean cross-entropy of logits `[n, c]` against one-hot rows `target [n, c]`.
+fn ce(l: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
+    let picked = l.mul(target)?.sum_keepdim(1)?;
+    lse(l)?.sub(&picked)?.mean_all()
 }
 
 /// AdamW with linear warm-up and linear decay.
@@ -287,5 +382,153 @@ impl Trainer {
         };
         self.opt.set_learning_rate(lr);
         self.opt.backward_step(loss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A text of `n` word pieces from a seeded generator.
+    fn hidden(seed: u64, n: usize, dim: usize) -> Hidden {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let rows = (0..(n + 2) * dim)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                f16::from_f32((x % 2000) as f32 / 1000.0 - 1.0)
+            })
+            .collect();
+        Hidden { rows, n: n + 2 }
+    }
+
+    fn pooled_cos(head: &Head, a: &Hidden, b: &Hidden) -> f32 {
+        let (x, all, _) = pad(&[a, b], head.dim).unwrap();
+        let (p, _) = pool(&head.forward(&x, &all).unwrap(), &all).unwrap();
+        let v: Vec<Vec<f32>> = p.to_vec2().unwrap();
+        v[0].iter().zip(&v[1]).map(|(x, y)| x * y).sum()
+    }
+
+    /// `h` plus a little of another seeded text: a near-duplicate (a hard negative).
+    fn near(h: &Hidden, seed: u64, dim: usize) -> Hidden {
+        let noise = hidden(seed, h.n - 2, dim);
+        let rows = h
+            .rows
+            .iter()
+            .zip(&noise.rows)
+            .map(|(a, b)| f16::from_f32(a.to_f32() + 0.3 * b.to_f32()))
+            .collect();
+        Hidden { rows, n: h.n }
+    }
+
+    #[test]
+    fn rejected_labels_are_pushed_away_and_shared_ones_stay_masked() {
+        let dim = 16;
+        let obj = Objective {
+            late_temperature: 0.05,
+            nce_temperature: 0.05,
+        };
+        let q: Vec<Hidden> = (0..4).map(|i| hidden(i, 3, dim)).collect();
+        let t: Vec<Hidden> = (10..14).map(|i| hidden(i, 2, dim)).collect();
+        // Row 0's rejected label is a near-duplicate of its right one; a text with only a
+        // rejection (`lonely`) rejected a label close to itself (`wrong`).
+        let bad = near(&t[0], 20, dim);
+        let lonely = hidden(21, 3, dim);
+        let wrong = near(&lonely, 22, dim);
+        let mut queries: Vec<&Hidden> = q.iter().collect();
+        queries.push(&lonely);
+        let targets: Vec<&Hidden> = t.iter().collect();
+        let negatives = [
+            HardNegative {
+                row: 0,
+                target: &bad,
+                target_id: 5,
+            },
+            HardNegative {
+                row: 4,
+                target: &wrong,
+                target_id: 6,
+            },
+        ];
+        // The same run with and without each kind of rejection.
+        let run = |negs: &[&HardNegative<'_>]| -> (f32, f32) {
+            let negs: Vec<HardNegative<'_>> = negs
+                .iter()
+                .map(|n| HardNegative {
+                    row: n.row,
+                    target: n.target,
+                    target_id: n.target_id,
+                })
+                .collect();
+            let head = Head::new(dim).unwrap();
+            let rows = Rows {
+                queries: &queries,
+                query_ids: &[0, 1, 2, 3, 4],
+                target_ids: &[0, 1, 2, 3],
+                positives: 4,
+            };
+            let mut tr = Trainer::new(&head, 5e-3, 1, 80).unwrap();
+            for step in 0..80 {
+                let loss = batch_loss_with_negatives(&head, &rows, &targets, &negs, obj).unwrap();
+                tr.step(&loss, step).unwrap();
+            }
+            // Row 0: the right label's lead over the rejected one. The lonely text: the
+            // rejected label's lead over the other labels (what its rank depends on).
+            let others = t.iter().map(|x| pooled_cos(&head, &lonely, x)).sum::<f32>() / 4.0;
+            (
+                pooled_cos(&head, &q[0], &t[0]) - pooled_cos(&head, &q[0], &bad),
+                pooled_cos(&head, &lonely, &wrong) - others,
+            )
+        };
+        let without = run(&[]);
+        let attached = run(&[&negatives[0]]);
+        assert!(
+            attached.0 > without.0 + 0.02,
+            "right label's lead over the rejected one: {attached:?} vs {without:?}"
+        );
+        let alone = run(&[&negatives[1]]);
+        assert!(
+            alone.1 < without.1 - 0.02,
+            "rejected label's lead for a text without a positive: {alone:?} vs {without:?}"
+        );
+        let head = Head::new(dim).unwrap();
+
+        // A label rejected for row 0 that is row 1's right label: a negative for row 0 only
+        // (row 1 masks it), so the loss rises, but by less than a duplicate positive would
+        // cost row 1 unmasked.
+        let shared = [HardNegative {
+            row: 0,
+            target: &t[1],
+            target_id: 1,
+        }];
+        let masked_rows = Rows {
+            queries: &queries[..2],
+            query_ids: &[0, 1],
+            target_ids: &[0, 1],
+            positives: 2,
+        };
+        let with = batch_loss_with_negatives(&head, &masked_rows, &targets[..2], &shared, obj)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let without = batch_loss_with_negatives(&head, &masked_rows, &targets[..2], &[], obj)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let unmasked = [HardNegative {
+            row: 0,
+            target: &t[1],
+            target_id: 9,
+        }];
+        let unmasked =
+            batch_loss_with_negatives(&head, &masked_rows, &targets[..2], &unmasked, obj)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+        assert!(
+            unmasked > with && with > without,
+            "{unmasked} > {with} > {without}: a negative for row 0, masked for row 1"
+        );
     }
 }

@@ -157,17 +157,58 @@ impl Rng {
     }
 }
 
+/// A batch: rows with their positive, and rows known only by a rejected label.
+#[derive(Clone, Default)]
+struct Batch {
+    pairs: Vec<PairRef>,
+    rejected_only: Vec<PairRef>,
+}
+
+/// Hard negatives by query state (analysts' rejected labels).
+type Negatives = HashMap<usize, Vec<PairRef>>;
+
 fn loss_of(
     model: &dyn Trainable,
     states: &[Hidden],
-    batch: &[PairRef],
+    batch: &Batch,
+    negatives: &Negatives,
     obj: Objective,
 ) -> candle_core::Result<candle_core::Tensor> {
-    let q: Vec<&Hidden> = batch.iter().map(|r| &states[r.0]).collect();
-    let t: Vec<&Hidden> = batch.iter().map(|r| &states[r.1]).collect();
-    let query_ids: Vec<usize> = batch.iter().map(|r| r.0).collect();
-    let target_ids: Vec<usize> = batch.iter().map(|r| r.2).collect();
-    head::batch_loss(model, &q, &t, &query_ids, &target_ids, obj)
+    let pairs = &batch.pairs;
+    let mut q: Vec<&Hidden> = pairs.iter().map(|r| &states[r.0]).collect();
+    let t: Vec<&Hidden> = pairs.iter().map(|r| &states[r.1]).collect();
+    let mut query_ids: Vec<usize> = pairs.iter().map(|r| r.0).collect();
+    let target_ids: Vec<usize> = pairs.iter().map(|r| r.2).collect();
+    let mut negs = Vec::new();
+    for (row, r) in pairs.iter().enumerate() {
+        for n in negatives.get(&r.0).into_iter().flatten() {
+            // Once per text: a sentence with two positives in the batch has two rows.
+            if query_ids[..row].contains(&r.0) {
+                continue;
+            }
+            negs.push(head::HardNegative {
+                row,
+                target: &states[n.1],
+                target_id: n.2,
+            });
+        }
+    }
+    for n in &batch.rejected_only {
+        negs.push(head::HardNegative {
+            row: q.len(),
+            target: &states[n.1],
+            target_id: n.2,
+        });
+        q.push(&states[n.0]);
+        query_ids.push(n.0);
+    }
+    let rows = head::Rows {
+        queries: &q,
+        query_ids: &query_ids,
+        target_ids: &target_ids,
+        positives: pairs.len(),
+    };
+    head::batch_loss_with_negatives(model, &rows, &t, &negs, obj)
 }
 
 fn mean_loss(
@@ -180,7 +221,11 @@ fn mean_loss(
     let mut total = 0f32;
     let mut n = 0;
     for chunk in refs.chunks(batch).filter(|c| c.len() > 1).take(20) {
-        total += loss_of(model, states, chunk, obj)
+        let b = Batch {
+            pairs: chunk.to_vec(),
+            rejected_only: vec![],
+        };
+        total += loss_of(model, states, &b, &HashMap::new(), obj)
             .and_then(|l| l.to_scalar::<f32>())
             .map_err(cerr)?;
         n += 1;
@@ -305,18 +350,33 @@ struct Checkpoint {
     step: usize,
 }
 
-/// Trains `model` on the states `enc` gives for `pairs` (dev pairs only measured).
+/// Trains `model` on the states `enc` gives for `pairs` (dev pairs only measured), with
+/// `negatives` (a text and a label it is not: analysts' rejections) as hard negatives: an
+/// extra negative column for a text that has a positive, an unlikelihood row for one that
+/// has none ([`head::batch_loss_with_negatives`]).
 pub fn train(
     enc: &mut Encoder,
     model: &dyn Trainable,
     pairs: &[Pair],
     dev: &[Pair],
+    negatives: &[Pair],
     spec: &TrainSpec,
 ) -> Result<TrainReport> {
     let t0 = Instant::now();
-    let all: Vec<Pair> = pairs.iter().chain(dev).cloned().collect();
+    let all: Vec<Pair> = pairs.iter().chain(dev).chain(negatives).cloned().collect();
     let (states, refs) = hidden_states(enc, &all, spec.progress)?;
-    let (train_refs, dev_refs) = refs.split_at(pairs.len());
+    let (train_refs, rest) = refs.split_at(pairs.len());
+    let (dev_refs, neg_refs) = rest.split_at(dev.len());
+    let with_positive: std::collections::HashSet<usize> = train_refs.iter().map(|r| r.0).collect();
+    let mut attached: Negatives = HashMap::new();
+    let mut rejected_only: Vec<PairRef> = Vec::new();
+    for r in neg_refs {
+        if with_positive.contains(&r.0) {
+            attached.entry(r.0).or_default().push(*r);
+        } else {
+            rejected_only.push(*r);
+        }
+    }
     let encode_seconds = t0.elapsed().as_secs_f64();
 
     let mut start = 0;
@@ -342,20 +402,45 @@ pub fn train(
     for (p, r) in pairs.iter().zip(train_refs) {
         by_source.entry(p.source).or_default().push(*r);
     }
-    let mut epoch = |rng: &mut Rng| -> Vec<Vec<PairRef>> {
+    let mut epoch = |rng: &mut Rng| -> Vec<Batch> {
         let mut batches = Vec::new();
-        for refs in by_source.values_mut() {
+        let mut feedback = Vec::new();
+        for (src, refs) in by_source.iter_mut() {
             rng.shuffle(refs);
-            batches.extend(
-                refs.chunks(spec.batch)
-                    .filter(|c| c.len() > 1)
-                    .map(|c| c.to_vec()),
-            );
+            for c in refs.chunks(spec.batch).filter(|c| c.len() > 1) {
+                if *src == "feedback" {
+                    feedback.push(batches.len());
+                }
+                batches.push(Batch {
+                    pairs: c.to_vec(),
+                    rejected_only: vec![],
+                });
+            }
+        }
+        // Texts with only a rejected label ride along with the feedback batches (else with
+        // any), a few per batch, so each is pushed away from labels of the same kind.
+        let hosts: Vec<usize> = if feedback.is_empty() {
+            (0..batches.len()).collect()
+        } else {
+            feedback
+        };
+        rng.shuffle(&mut rejected_only);
+        for (i, r) in rejected_only.iter().enumerate() {
+            if let Some(&h) = hosts.get(i % hosts.len().max(1)) {
+                batches[h].rejected_only.push(*r);
+            }
         }
         rng.shuffle(&mut batches);
         batches
     };
     let mut batches = epoch(&mut rng);
+    if batches.is_empty() {
+        return Err(ModelError::Invalid(format!(
+            "no training batch: {} pairs, {} per batch, need at least two pairs of one source",
+            pairs.len(),
+            spec.batch
+        )));
+    }
     let bar = if spec.progress {
         indicatif::ProgressBar::new((spec.steps - start.min(spec.steps)) as u64)
     } else {
@@ -374,7 +459,7 @@ pub fn train(
         }
         let batch = &batches[cursor];
         cursor += 1;
-        let loss = loss_of(model, &states, batch, spec.objective).map_err(cerr)?;
+        let loss = loss_of(model, &states, batch, &attached, spec.objective).map_err(cerr)?;
         trainer.step(&loss, step).map_err(cerr)?;
         let l = loss.to_scalar::<f32>().map_err(cerr)?;
         losses.push(l);

@@ -452,3 +452,139 @@ pub fn json_events(evs: Vec<(String, serde_json::Value)>) -> Vec<(String, Vec<u8
         .map(|(k, v)| (k, serde_json::to_vec(&v).unwrap()))
         .collect()
 }
+
+/// Copies a model directory's graph, tokenizer and manifest to `to` as version `version`.
+pub fn copy_model(from: &std::path::Path, to: &std::path::Path, version: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["model.onnx", "tokenizer.json"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(from.join("manifest.json")).unwrap())
+            .unwrap();
+    m["version"] = version.into();
+    m["created_at"] = uwe_connect::model::now_rfc3339().into();
+    std::fs::write(to.join("manifest.json"), m.to_string()).unwrap();
+}
+
+/// A running `uwe-trainer serve`.
+pub struct Trainer {
+    pub child: Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Trainer {
+    pub fn start(config: &std::path::Path, log: &std::path::Path) -> Trainer {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_uwe-trainer"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("UWE_LOG", "info")
+            .env("ORT_DYLIB_PATH", root().join(".uwe/lib/libonnxruntime.so"))
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("start uwe-trainer serve");
+        Trainer {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Trainer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every 50 ms until it holds; fails with `log()` after `timeout`.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}; log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The status code of `GET path` on `addr`.
+pub fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A `uwe-trainer serve` file for a test: the repo's models and data, `registry`, topics
+/// `[feedback, dead letters, control]`, a quick recipe (`steps` steps of the top layer, 400
+/// replayed pairs, a checkpoint every 10 steps) and a gate on one dev task that publishes
+/// whatever the scores (the tests are about the plumbing, not the model).
+pub fn trainer_toml(
+    registry: &std::path::Path,
+    topics: [&str; 3],
+    min_new_feedback: usize,
+    steps: usize,
+    http: &str,
+) -> String {
+    format!(
+        r#"
+[service]
+registry = "{registry}"
+base = "{root}/models/base"
+base_files = "{root}/.uwe/base"
+data_dir = "{root}/data"
+threads = 2
+[kafka]
+brokers = "{broker}"
+group_id = "{group}"
+feedback_topic = "{feedback}"
+dead_letter_topic = "{dlq}"
+control_topic = "{control}"
+[feedback]
+targets = ["esco-skills"]
+[trigger]
+min_new_feedback = {min_new_feedback}
+[training]
+layers = 1
+steps = {steps}
+batch = 16
+lr = 1e-4
+warmup = 5
+replay_pairs = 400
+checkpoint_every = 10
+[gate]
+margin = -100.0
+tasks = ["skill_extraction_house"]
+[http]
+listen = "{http}"
+"#,
+        registry = registry.display(),
+        root = root().display(),
+        broker = broker(),
+        group = unique("trainer"),
+        feedback = topics[0],
+        dlq = topics[1],
+        control = topics[2],
+    )
+}

@@ -3,6 +3,7 @@
 mod mentions;
 mod pseudo;
 mod publish;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -42,6 +43,16 @@ enum Cmd {
     ///
     /// Example: uwe-trainer pseudo-label --model models/uwe-minilm-l6 --out pseudo.jsonl
     PseudoLabel(pseudo::PseudoArgs),
+    /// Run as a sidecar: store analysts' feedback from the feedback topic (confirm, reject,
+    /// add), retrain from the serving model when the trigger fires (rejections as hard
+    /// negatives), gate, publish and announce; serves /metrics, /health, /ready.
+    ///
+    /// Example: uwe-trainer serve --config deploy/trainer.toml
+    Serve(serve::ServeArgs),
+    /// Validate the service's file, models, data and feedback log, then exit.
+    ///
+    /// Example: uwe-trainer check --config deploy/trainer.toml
+    Check(serve::ServeArgs),
 }
 
 /// Parses the command line, runs the subcommand, and turns an error into exit code 1 with
@@ -52,6 +63,8 @@ pub fn main() -> ExitCode {
         Cmd::Train(a) => train::run(a),
         Cmd::Mentions(a) => mentions::run(a),
         Cmd::PseudoLabel(a) => pseudo::run(a),
+        Cmd::Serve(a) => serve::run(a),
+        Cmd::Check(a) => serve::check(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

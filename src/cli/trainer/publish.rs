@@ -39,6 +39,23 @@ pub(super) struct Candidate {
     pub brokers: Option<String>,
     /// The control topic it is announced on.
     pub control_topic: String,
+    /// Dev tasks of the gate by name (empty: all).
+    pub tasks: Vec<String>,
+    /// librdkafka options of the announcing producer (SASL/SSL).
+    pub client_options: Vec<(String, String)>,
+}
+
+/// What the gate decided.
+#[derive(Debug, Clone)]
+pub(super) struct Gated {
+    /// The candidate's version.
+    pub version: String,
+    /// Whether it was published.
+    pub published: bool,
+    /// The candidate's dev MAP by task.
+    pub candidate_map: BTreeMap<String, f64>,
+    /// The current model's dev MAP by task.
+    pub current_map: BTreeMap<String, f64>,
 }
 
 fn mean_map(s: &BTreeMap<String, crate::eval::Report>) -> f64 {
@@ -46,7 +63,7 @@ fn mean_map(s: &BTreeMap<String, crate::eval::Report>) -> f64 {
 }
 
 /// Gates the candidate and publishes it when it is at least as good on every dev task.
-pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<()> {
+pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
     let Candidate {
         dir: cand,
         version,
@@ -60,10 +77,15 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<()> {
         margin,
         brokers,
         control_topic,
+        tasks: only,
+        client_options,
     } = c;
     // Gate: the candidate, with its better scorer, against the current model with its own.
     let cache_dir = cache::default_cache_dir();
-    let tasks = train::default_dev_tasks(&data_dir);
+    let tasks: Vec<train::DevTask> = train::default_dev_tasks(&data_dir)
+        .into_iter()
+        .filter(|t| only.is_empty() || only.contains(&t.name))
+        .collect();
     let current = current.unwrap_or_else(|| current_dir(None, &registry));
     let cur_dir =
         ModelDir::open(&current).with_context(|| format!("current model {}", current.display()))?;
@@ -131,6 +153,15 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<()> {
         "candidate_by_scorer": by_scorer,
     });
     println!("{gate}");
+    let maps = |s: &BTreeMap<String, crate::eval::Report>| -> BTreeMap<String, f64> {
+        s.iter().map(|(k, v)| (k.clone(), v.map)).collect()
+    };
+    let gated = Gated {
+        version: version.clone(),
+        published: wins,
+        candidate_map: maps(&cand_scores),
+        current_map: maps(&cur_scores),
+    };
 
     // Record the chosen scorer and dev scores (the manifest is not among the checksummed files).
     let mut m = cand.manifest.clone();
@@ -152,7 +183,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<()> {
         std::fs::create_dir_all(dest.parent().unwrap())?;
         std::fs::rename(&staging, &dest)?;
         eprintln!("candidate {version} is not better than {} on every dev task: kept in {} with its report, not published", cur_dir.manifest.version, dest.display());
-        return Ok(());
+        return Ok(gated);
     }
     let dest = registry.join(&version);
     std::fs::rename(&staging, &dest)?;
@@ -168,9 +199,12 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<()> {
             "sha256": m.files.get(model::ONNX_FILE),
             "dev_scores": m.dev_scores,
         });
-        let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &b)
-            .create()?;
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", &b);
+        for (k, v) in &client_options {
+            client.set(k, v);
+        }
+        let producer: rdkafka::producer::BaseProducer = client.create()?;
         let payload = announce.to_string();
         producer
             .send(
@@ -182,5 +216,5 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<()> {
         rdkafka::producer::Producer::flush(&producer, std::time::Duration::from_secs(30))?;
         eprintln!("announced on {control_topic}");
     }
-    Ok(())
+    Ok(gated)
 }

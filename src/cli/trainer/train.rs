@@ -245,6 +245,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         trainable.as_ref(),
         &train_pairs,
         &dev_pairs,
+        &[],
         &spec,
     )?;
     eprintln!("{}", serde_json::to_string(&report)?);
@@ -259,13 +260,6 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
     drop(enc);
 
     let version = format!("uwe-{}", time::OffsetDateTime::now_utc().unix_timestamp());
-    std::fs::create_dir_all(&registry)?;
-    let staging = registry.join(format!(".staging-{version}"));
-    let trained_path = registry.join(format!(".trained-{version}.safetensors"));
-    train::write_trained(
-        &trained_path,
-        &trainable.export().map_err(|e| anyhow::anyhow!("{e}"))?,
-    )?;
     let mut training_data: Vec<String> = by_source
         .iter()
         .map(|(src, n)| format!("{src}: {n} pairs"))
@@ -279,27 +273,16 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         temperature,
         rerank_top: 100,
     };
-    let cand = train::build_candidate(
-        &base_dir,
-        &base_files,
-        &trained_path,
-        &staging,
-        &version,
+    let (cand, staging) = stage_candidate(&Stage {
+        base: &base_dir,
+        base_files: &base_files,
+        registry: &registry,
+        current: &current_dir(current.as_deref(), &registry),
+        version: &version,
+        trainable: trainable.as_ref(),
         late,
         training_data,
-    )?;
-    // A candidate has an int8 graph when the model it would replace has one, so a connector
-    // that opted into int8 keeps serving it after a hot swap.
-    let cand = match ModelDir::open(&current_dir(current.as_deref(), &registry)) {
-        Ok(d) if d.manifest.int8.is_some() => model::attach_int8(
-            &cand.path,
-            &base_files.join("config.json"),
-            &base_files.join("model.safetensors"),
-            Some(&trained_path),
-        )?,
-        _ => cand,
-    };
-    std::fs::rename(&trained_path, staging.join(train::TRAINED_FILE))?;
+    })?;
 
     publish::gate_and_publish(publish::Candidate {
         dir: cand,
@@ -314,7 +297,66 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         margin,
         brokers,
         control_topic,
+        tasks: vec![],
+        client_options: vec![],
     })
+    .map(|_| ())
+}
+
+/// What [`stage_candidate`] needs.
+pub(super) struct Stage<'a> {
+    /// The base model directory.
+    pub base: &'a ModelDir,
+    /// The base weights.
+    pub base_files: &'a Path,
+    /// The registry it is staged in.
+    pub registry: &'a Path,
+    /// The model it would replace (an int8 graph is attached when that one has one).
+    pub current: &'a Path,
+    /// The candidate's version.
+    pub version: &'a str,
+    /// The trained part.
+    pub trainable: &'a dyn train::head::Trainable,
+    /// The late scorer it was trained with.
+    pub late: ScorerSpec,
+    /// The model card's training-data lines.
+    pub training_data: Vec<String>,
+}
+
+/// Builds the candidate model directory in `<registry>/.staging-<version>` with its trained
+/// weights; nothing outside the staging directory is visible until the gate publishes it.
+pub(super) fn stage_candidate(s: &Stage<'_>) -> anyhow::Result<(ModelDir, PathBuf)> {
+    std::fs::create_dir_all(s.registry)?;
+    let staging = s.registry.join(format!(".staging-{}", s.version));
+    let trained_path = s
+        .registry
+        .join(format!(".trained-{}.safetensors", s.version));
+    train::write_trained(
+        &trained_path,
+        &s.trainable.export().map_err(|e| anyhow::anyhow!("{e}"))?,
+    )?;
+    let cand = train::build_candidate(
+        s.base,
+        s.base_files,
+        &trained_path,
+        &staging,
+        s.version,
+        s.late,
+        s.training_data.clone(),
+    )?;
+    // A candidate has an int8 graph when the model it would replace has one, so a connector
+    // that opted into int8 keeps serving it after a hot swap.
+    let cand = match ModelDir::open(s.current) {
+        Ok(d) if d.manifest.int8.is_some() => model::attach_int8(
+            &cand.path,
+            &s.base_files.join("config.json"),
+            &s.base_files.join("model.safetensors"),
+            Some(&trained_path),
+        )?,
+        _ => cand,
+    };
+    std::fs::rename(&trained_path, staging.join(train::TRAINED_FILE))?;
+    Ok((cand, staging))
 }
 
 /// The model a candidate would replace: `--current`, else the registry's `current`, else

@@ -75,48 +75,64 @@ impl PipelineConfig {
             msg,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let vars: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("UWE__"))
-            .collect();
-        Self::parse(&text, &vars).map_err(err)
+        Self::parse(&text, &env_overrides("UWE__")).map_err(err)
     }
 
     /// Parses TOML text with overrides `(UWE__SECTION__KEY, value)`.
     pub fn parse(text: &str, overrides: &[(String, String)]) -> Result<Self, String> {
-        let cfg: PipelineConfig = if overrides.is_empty() {
-            toml::from_str(text).map_err(|e| e.to_string())?
-        } else {
-            let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-            for (k, v) in overrides {
-                let path: Vec<String> = k["UWE__".len()..]
-                    .split("__")
-                    .map(|s| s.to_lowercase())
-                    .collect();
-                let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
-                    .ok()
-                    .and_then(|mut t| t.remove("v"))
-                    .unwrap_or_else(|| toml::Value::String(v.clone()));
-                let mut cur = &mut table;
-                for (i, seg) in path.iter().enumerate() {
-                    if i + 1 == path.len() {
-                        cur.insert(seg.clone(), value.clone());
-                    } else {
-                        let next = cur
-                            .entry(seg.clone())
-                            .or_insert_with(|| toml::Value::Table(Default::default()));
-                        cur = next
-                            .as_table_mut()
-                            .ok_or_else(|| format!("environment {k}: `{seg}` is not a table"))?;
-                    }
-                }
-            }
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| format!("after environment overrides: {e}"))?
-        };
+        let cfg: PipelineConfig = parse_layered(text, overrides, "UWE__")?;
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// Parses TOML text into `T`, then applies overrides `(<PREFIX>SECTION__KEY, value)` (the
+/// values read as TOML when they parse as such, else as strings). Both binaries' files are
+/// layered this way (`UWE__` for pipelines, `UWE_TRAINER__` for the trainer service).
+pub fn parse_layered<T: serde::de::DeserializeOwned>(
+    text: &str,
+    overrides: &[(String, String)],
+    prefix: &str,
+) -> Result<T, String> {
+    if overrides.is_empty() {
+        return toml::from_str(text).map_err(|e| e.to_string());
+    }
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    for (k, v) in overrides {
+        let path: Vec<String> = k
+            .strip_prefix(prefix)
+            .unwrap_or(k)
+            .split("__")
+            .map(|s| s.to_lowercase())
+            .collect();
+        let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(v.clone()));
+        let mut cur = &mut table;
+        for (i, seg) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                cur.insert(seg.clone(), value.clone());
+            } else {
+                let next = cur
+                    .entry(seg.clone())
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+                cur = next
+                    .as_table_mut()
+                    .ok_or_else(|| format!("environment {k}: `{seg}` is not a table"))?;
+            }
+        }
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("after environment overrides: {e}"))
+}
+
+/// The environment variables that start with `prefix`, as `(name, value)`.
+pub fn env_overrides(prefix: &str) -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .collect()
 }
 
 #[cfg(test)]

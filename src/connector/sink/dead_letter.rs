@@ -5,7 +5,7 @@ use super::super::offsets::Tp;
 use crate::error::ErrorClass;
 
 /// The parts of an input event a dead letter carries.
-pub(in crate::connector) struct DeadLetterSource<'a> {
+pub(crate) struct DeadLetterSource<'a> {
     /// Input topic and partition.
     pub tp: &'a Tp,
     /// Input offset.
@@ -20,7 +20,7 @@ pub(in crate::connector) struct DeadLetterSource<'a> {
 
 /// The dead-letter record of an event that failed with `class` / `reason`: the original key,
 /// payload and headers, plus `uwe.error.*`, `uwe.source.*` and `uwe.pipeline` headers.
-pub(in crate::connector) fn dead_letter(
+pub(crate) fn dead_letter(
     topic: &str,
     pipeline: &str,
     src: DeadLetterSource<'_>,

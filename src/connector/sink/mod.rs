@@ -22,7 +22,7 @@ use super::offsets::Tp;
 use crate::telemetry as t;
 
 pub(super) use at_least_once::AtLeastOnce;
-pub(super) use dead_letter::{dead_letter, DeadLetterSource};
+pub(crate) use dead_letter::{dead_letter, DeadLetterSource};
 pub(super) use transactional::Transactional;
 
 /// What the sink needs of an input event whose output it delivers.
