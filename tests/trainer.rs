@@ -57,6 +57,7 @@ fn tiny_run(what: Trained, lr: f64) {
         checkpoint_every: 0,
         resume: false,
         progress: false,
+        max_text_tokens: 0,
     };
     let report =
         train::train(&mut enc, model.as_ref(), &train_pairs, &dev_pairs, &[], &ts).unwrap();

@@ -171,6 +171,9 @@ pub struct TrainingSection {
     pub late_temperature: f32,
     /// InfoNCE temperature.
     pub nce_temperature: f32,
+    /// Longest text a training step sees, in word pieces (longer ones keep their start):
+    /// bounds the memory of a step, which grows with the batch's longest text.
+    pub max_text_tokens: usize,
 }
 
 impl Default for TrainingSection {
@@ -186,6 +189,7 @@ impl Default for TrainingSection {
             checkpoint_every: 50,
             late_temperature: 0.05,
             nce_temperature: 0.05,
+            max_text_tokens: 128,
         }
     }
 }
@@ -287,6 +291,12 @@ impl ServiceConfig {
         }
         if !(t.lr > 0.0 && t.lr < 1.0) {
             errs.push(format!("`training.lr` = {}: give a rate in (0, 1)", t.lr));
+        }
+        if t.max_text_tokens < 8 {
+            errs.push(format!(
+                "`training.max_text_tokens` = {}: give at least 8 word pieces",
+                t.max_text_tokens
+            ));
         }
         if t.feedback_repeat == 0 {
             errs.push("`training.feedback_repeat` must be at least 1".into());

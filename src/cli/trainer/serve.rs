@@ -682,6 +682,8 @@ fn retrain(
                 tracing::warn!(error = %e, "the serving model's trained weights do not fit `training.layers`; starting from the base model")
             }
         }
+    } else {
+        tracing::warn!(model = %current.display(), "the serving model carries no trained weights ({}); starting from the base model", train::TRAINED_FILE);
     }
     let ck = run::checkpoint_dir(&svc.registry);
     let resume = resume && ck.join("state.json").is_file();
@@ -699,6 +701,7 @@ fn retrain(
         checkpoint_every: tr.checkpoint_every,
         resume,
         progress: false,
+        max_text_tokens: tr.max_text_tokens,
     };
     tracing::info!(version = %state.version, positives = positives.len(), rejected = negatives.len(), replayed, resume, start = %start, "training");
     let report = train::train(

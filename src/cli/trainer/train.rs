@@ -236,6 +236,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         checkpoint_every,
         resume,
         progress: true,
+        max_text_tokens: 0,
     };
     if let Some(d) = &checkpoint_dir {
         std::fs::create_dir_all(d)?;
