@@ -487,12 +487,18 @@ pub fn train(
         bar.inc(1);
         if let Some(dir) = &spec.checkpoint_dir {
             if spec.checkpoint_every > 0 && (step + 1) % spec.checkpoint_every == 0 {
+                // Both files are replaced by rename, so a process killed mid-write leaves the
+                // previous checkpoint whole; killed between the two, it resumes from the
+                // older step count with the newer weights, a few steps' difference.
                 write_trained(&dir.join(CHECKPOINT_FILE), &model.export().map_err(cerr)?)?;
+                let state = dir.join("state.json");
+                let tmp = state.with_extension("tmp");
                 std::fs::write(
-                    dir.join("state.json"),
+                    &tmp,
                     serde_json::to_string(&Checkpoint { step: step + 1 }).unwrap(),
                 )
-                .map_err(ModelError::io(dir))?;
+                .and_then(|_| std::fs::rename(&tmp, &state))
+                .map_err(ModelError::io(&state))?;
             }
         }
     }
