@@ -26,6 +26,17 @@ pub enum Verdict {
     Add,
 }
 
+impl Verdict {
+    /// The name events and metric labels use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Confirm => "confirm",
+            Verdict::Reject => "reject",
+            Verdict::Add => "add",
+        }
+    }
+}
+
 /// The enriched record a verdict is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -40,6 +40,11 @@ pub const SOURCES: [&str; 10] = [
     "feedback",
 ];
 
+/// The sources the shipped model's recipe leaves out (`uwe-trainer train --skip`'s
+/// default): skill aliases and descriptions cost job normalisation; skill sentences have not
+/// passed the gate yet.
+pub const SHIPPED_SKIP: [&str; 3] = ["skill_alias", "skill_description", "skill_sentence"];
+
 /// Which sources to use, and how much of each.
 #[derive(Debug, Clone)]
 pub struct DataSpec {
@@ -76,6 +81,33 @@ struct Feedback {
     /// Feedback events carry one; a rejection is not a positive pair.
     #[serde(default)]
     verdict: Option<String>,
+}
+
+impl DataSpec {
+    /// Every source of `data_dir` but those named in `skip` (as [`SOURCES`] spells them),
+    /// with no occupation → skill pairs, pseudo-labels or feedback.
+    pub fn without(data_dir: &Path, skip: &[&str]) -> Self {
+        let on = |s: &str| !skip.contains(&s);
+        DataSpec {
+            occupation_aliases: on("occupation_alias"),
+            occupation_titles: on("occupation_title"),
+            skill_aliases: on("skill_alias"),
+            skill_descriptions: on("skill_description"),
+            skill_sentences: on("skill_sentence"),
+            occupation_skills: 0,
+            skillskape: on("skillskape").then(|| data_dir.join("training/skillskape/train.csv")),
+            job_titles: on("job_title").then(|| data_dir.join("training/job_titles/train.jsonl")),
+            pseudo_labels: None,
+            feedback: None,
+        }
+    }
+}
+
+/// At most `n` pairs (`n` ≥ 1), an even stride through the list so that every source stays
+/// represented.
+pub fn sample_evenly(pairs: Vec<Pair>, n: usize) -> Vec<Pair> {
+    let stride = (pairs.len() / n.max(1)).max(1);
+    pairs.into_iter().step_by(stride).take(n).collect()
 }
 
 /// What vacancy titles wrap around an occupation name without changing the occupation:

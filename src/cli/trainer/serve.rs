@@ -24,7 +24,7 @@ use crate::encoder::{Device, EncoderConfig};
 use crate::error::ErrorClass;
 use crate::model::{ModelDir, ScorerSpec};
 use crate::sidecar::config::ServiceConfig;
-use crate::sidecar::feedback::{self, Feedback, Spaces, Verdict};
+use crate::sidecar::feedback::{self, Feedback, Spaces};
 use crate::sidecar::run::{self, LastRun, RunState};
 use crate::sidecar::store::{store_path, FeedbackStore, Origin};
 use crate::sidecar::trigger::{Trigger, Why};
@@ -426,7 +426,7 @@ impl Service {
         }
         let mut by_verdict: BTreeMap<&'static str, u64> = BTreeMap::new();
         for (fb, _) in &good {
-            *by_verdict.entry(verdict_label(fb.verdict)).or_default() += 1;
+            *by_verdict.entry(fb.verdict.as_str()).or_default() += 1;
         }
         let n = good.len();
         let stored = self.store.append(good)?;
@@ -516,14 +516,6 @@ impl Service {
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
-    }
-}
-
-fn verdict_label(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Confirm => "confirm",
-        Verdict::Reject => "reject",
-        Verdict::Add => "add",
     }
 }
 
@@ -623,30 +615,11 @@ fn retrain(
     let mut spaces = Spaces::new(cfg.feedback.targets.clone(), &svc.data_dir);
     let (positives, negatives) = feedback::training_pairs(items, &mut spaces)?;
     // The replay: an even sample of the shipped recipe's sources.
-    let dspec = data::DataSpec {
-        occupation_aliases: true,
-        occupation_titles: true,
-        skill_aliases: false,
-        skill_descriptions: false,
-        skill_sentences: false,
-        occupation_skills: 0,
-        skillskape: Some(svc.data_dir.join("training/skillskape/train.csv")),
-        job_titles: Some(svc.data_dir.join("training/job_titles/train.jsonl")),
-        pseudo_labels: None,
-        feedback: None,
-    };
     let replay = if tr.replay_pairs == 0 {
         vec![]
     } else {
-        data::build_pairs(&svc.data_dir, &dspec)?
-    };
-    let replay: Vec<data::Pair> = match replay.len().checked_div(tr.replay_pairs) {
-        Some(stride) => replay
-            .into_iter()
-            .step_by(stride.max(1))
-            .take(tr.replay_pairs)
-            .collect(),
-        None => vec![],
+        let dspec = data::DataSpec::without(&svc.data_dir, &data::SHIPPED_SKIP);
+        data::sample_evenly(data::build_pairs(&svc.data_dir, &dspec)?, tr.replay_pairs)
     };
     let (mut train_pairs, dev_pairs) = data::split_dev(replay, 20);
     let replayed = train_pairs.len();

@@ -67,11 +67,7 @@ pub(crate) struct TrainArgs {
     /// Sources to leave out: occupation_alias, occupation_title, job_title, skill_alias,
     /// skill_description, skill_sentence, skillskape (`--skip ''` uses all). The default is the shipped
     /// model's recipe: skill aliases and descriptions cost job normalisation.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "skill_alias,skill_description,skill_sentence"
-    )]
+    #[arg(long, value_delimiter = ',', default_values = data::SHIPPED_SKIP)]
     skip: Vec<String>,
     /// Occupation → essential skills pairs per occupation (0: none, the shipped recipe).
     #[arg(long, default_value_t = 0)]
@@ -175,30 +171,17 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
     let (mut enc, trainable) =
         train::prepare(&base_dir, &base_files, trained, &ecfg, scratch.path())?;
 
-    let dspec = data::DataSpec {
-        occupation_aliases: !skip.iter().any(|s| s == "occupation_alias"),
-        occupation_titles: !skip.iter().any(|s| s == "occupation_title"),
-        skill_aliases: !skip.iter().any(|s| s == "skill_alias"),
-        skill_descriptions: !skip.iter().any(|s| s == "skill_description"),
-        skill_sentences: !skip.iter().any(|s| s == "skill_sentence"),
-        occupation_skills,
-        skillskape: (!skip.iter().any(|s| s == "skillskape"))
-            .then(|| data_dir.join("training/skillskape/train.csv")),
-        job_titles: (!skip.iter().any(|s| s == "job_title")).then(|| {
-            job_titles.unwrap_or_else(|| data_dir.join("training/job_titles/train.jsonl"))
-        }),
-        pseudo_labels,
-        feedback,
-    };
+    let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
+    let mut dspec = data::DataSpec::without(&data_dir, &skip);
+    dspec.occupation_skills = occupation_skills;
+    if let (Some(t), Some(file)) = (&mut dspec.job_titles, job_titles) {
+        *t = file;
+    }
+    dspec.pseudo_labels = pseudo_labels;
+    dspec.feedback = feedback;
     let mut pairs = data::build_pairs(&data_dir, &dspec)?;
     if max_pairs > 0 && pairs.len() > max_pairs {
-        // Keep every source represented: take an even stride through the list.
-        let stride = pairs.len() / max_pairs;
-        pairs = pairs
-            .into_iter()
-            .step_by(stride.max(1))
-            .take(max_pairs)
-            .collect();
+        pairs = data::sample_evenly(pairs, max_pairs);
     }
     let (mut train_pairs, dev_pairs) = data::split_dev(pairs, 20);
     let mut by_source: BTreeMap<&str, usize> = BTreeMap::new();
