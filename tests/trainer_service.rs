@@ -240,7 +240,13 @@ fn feedback_in_model_out_swapped_live_and_a_killed_run_resumes_without_partial_v
         "uwe_trainer_candidate_dev_map{task=\"skill_extraction_house\"}"
     )
     .is_some());
-    assert_eq!(metric(&http, "uwe_trainer_feedback_pending"), Some(0.0));
+    // The gauge is set on the service's next loop turn after the run's counters.
+    wait_for(
+        "no pending feedback",
+        Duration::from_secs(30),
+        || metric(&http, "uwe_trainer_feedback_pending") == Some(0.0),
+        || tr.log(),
+    );
     let stored =
         uwe_connect::sidecar::store::read_store(&registry.join("feedback/feedback.jsonl")).unwrap();
     assert_eq!(
