@@ -365,6 +365,47 @@ const CHECKPOINT_FILE: &str = TRAINED_FILE;
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
     step: usize,
+    /// [`data_fingerprint`] of the run that wrote it; absent in checkpoints written before
+    /// it was recorded, which resume unchecked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+}
+
+/// sha256 over what a run trains on (pairs, held-out pairs, negatives, batch size), so that a
+/// resumed run refuses a checkpoint written for other data: a rebuilt source or a changed
+/// flag would otherwise continue silently on a different set, with a different held-out split.
+fn data_fingerprint(pairs: &[Pair], dev: &[Pair], negatives: &[Pair], batch: usize) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(batch.to_le_bytes());
+    for (tag, set) in [("pairs", pairs), ("dev", dev), ("negatives", negatives)] {
+        h.update(tag.as_bytes());
+        h.update(set.len().to_le_bytes());
+        for p in set {
+            for field in [p.query.as_str(), &p.target_id, p.source] {
+                h.update(field.len().to_le_bytes());
+                h.update(field.as_bytes());
+            }
+        }
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// The step a checkpoint in `dir` reached, after checking that it was written for the data
+/// whose [`data_fingerprint`] is `fingerprint`.
+fn checkpoint_step(dir: &Path, fingerprint: &str) -> Result<usize> {
+    let state = dir.join("state.json");
+    let c: Checkpoint =
+        serde_json::from_str(&std::fs::read_to_string(&state).map_err(ModelError::io(&state))?)
+            .map_err(|e| ModelError::Invalid(format!("{}: {e}", state.display())))?;
+    if let Some(was) = c.data.as_deref().filter(|was| *was != fingerprint) {
+        return Err(ModelError::Invalid(format!(
+            "checkpoint {} was written for other training data (fingerprint {was}, now {fingerprint}): \
+             resume with the same sources, flags and batch size, or start afresh without --resume",
+            dir.display()
+        )));
+    }
+    Ok(c.step)
 }
 
 /// Trains `model` on the states `enc` gives for `pairs` (dev pairs only measured), with
@@ -379,6 +420,17 @@ pub fn train(
     negatives: &[Pair],
     spec: &TrainSpec,
 ) -> Result<TrainReport> {
+    // The checkpoint is checked before the slow encoding, so that a mismatch fails at once.
+    let fingerprint = data_fingerprint(pairs, dev, negatives, spec.batch);
+    let mut start = 0;
+    if spec.resume {
+        if let Some(dir) = &spec.checkpoint_dir {
+            start = checkpoint_step(dir, &fingerprint)?;
+            model
+                .restore(&read_trained(&dir.join(CHECKPOINT_FILE))?)
+                .map_err(cerr)?;
+        }
+    }
     let t0 = Instant::now();
     let all: Vec<Pair> = pairs.iter().chain(dev).chain(negatives).cloned().collect();
     let (mut states, refs) = hidden_states(enc, &all, spec.progress)?;
@@ -399,19 +451,6 @@ pub fn train(
     }
     let encode_seconds = t0.elapsed().as_secs_f64();
 
-    let mut start = 0;
-    if spec.resume {
-        if let Some(dir) = &spec.checkpoint_dir {
-            model
-                .restore(&read_trained(&dir.join(CHECKPOINT_FILE))?)
-                .map_err(cerr)?;
-            let c: Checkpoint = serde_json::from_str(
-                &std::fs::read_to_string(dir.join("state.json")).map_err(ModelError::io(dir))?,
-            )
-            .map_err(|e| ModelError::Invalid(e.to_string()))?;
-            start = c.step;
-        }
-    }
     let dev_before = mean_loss(model, &states, dev_refs, spec.batch, spec.objective)?;
     let mut trainer = Trainer::new(model, spec.lr, spec.warmup, spec.steps).map_err(cerr)?;
     let mut rng = Rng(spec.seed.max(1));
@@ -495,7 +534,11 @@ pub fn train(
                 let tmp = state.with_extension("tmp");
                 std::fs::write(
                     &tmp,
-                    serde_json::to_string(&Checkpoint { step: step + 1 }).unwrap(),
+                    serde_json::to_string(&Checkpoint {
+                        step: step + 1,
+                        data: Some(fingerprint.clone()),
+                    })
+                    .unwrap(),
                 )
                 .and_then(|_| std::fs::rename(&tmp, &state))
                 .map_err(ModelError::io(&state))?;
@@ -524,6 +567,47 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_resumes_only_on_the_data_it_was_written_for() {
+        let pair = |q: &str, id: &str| Pair {
+            query: q.into(),
+            target: "t".into(),
+            target_id: id.into(),
+            source: "job_title",
+        };
+        let pairs = [pair("welder", "occ:1"), pair("barista", "occ:2")];
+        let fp = data_fingerprint(&pairs, &[], &[], 32);
+        assert_eq!(fp, data_fingerprint(&pairs, &[], &[], 32));
+        // Another label, a pair moved to the held-out side, another batch size: all differ.
+        let relabelled = [pair("welder", "occ:1"), pair("barista", "occ:3")];
+        assert_ne!(fp, data_fingerprint(&relabelled, &[], &[], 32));
+        assert_ne!(fp, data_fingerprint(&pairs[..1], &pairs[1..], &[], 32));
+        assert_ne!(fp, data_fingerprint(&pairs, &[], &[], 16));
+
+        let dir = tempfile::tempdir().unwrap();
+        let write = |c: &Checkpoint| {
+            std::fs::write(
+                dir.path().join("state.json"),
+                serde_json::to_string(c).unwrap(),
+            )
+            .unwrap()
+        };
+        write(&Checkpoint {
+            step: 200,
+            data: Some(fp.clone()),
+        });
+        assert_eq!(checkpoint_step(dir.path(), &fp).unwrap(), 200);
+        let other = data_fingerprint(&relabelled, &[], &[], 32);
+        let err = checkpoint_step(dir.path(), &other).unwrap_err().to_string();
+        assert!(
+            err.contains("other training data") && err.contains(&fp),
+            "{err}"
+        );
+        // A checkpoint from before fingerprints were recorded resumes unchecked.
+        std::fs::write(dir.path().join("state.json"), r#"{"step":1400}"#).unwrap();
+        assert_eq!(checkpoint_step(dir.path(), &other).unwrap(), 1400);
+    }
 
     #[test]
     fn capped_texts_keep_their_start_and_their_sep_row() {
