@@ -296,18 +296,27 @@ fn int8_graph_is_close_to_f32_is_served_only_when_asked_and_caches_apart() {
         q.model_key(),
         "int8 and f32 share a cache key"
     );
+    // The activation outliers were measured and are multiplied in f32.
+    let scheme = &m.manifest.int8.as_ref().unwrap().scheme;
+    assert!(
+        scheme.contains("outlier input channels") && !scheme.contains("; 0 outlier"),
+        "{scheme}"
+    );
     let texts = [
         "Experience with Docker and Kubernetes",
         "You will manage a small team of nurses",
         "Fluent German and English, written and spoken",
         "Accountant",
+        "As a member of our <ORGANIZATION> team you develop, test and roll out new features of our e-commerce platform in close cooperation with product management.",
     ];
     let a = f.encode(&texts).unwrap();
     let b = q.encode(&texts).unwrap();
     let mut identical = true;
     for ((t, x), y) in texts.iter().zip(&a).zip(&b) {
         let c = cos(&x.pooled, &y.pooled);
-        assert!(c > 0.97, "int8 pooled cosine {c} for {t:?}");
+        // Measured on the 136 skill dev sentences with the shipped model: min 0.987 without
+        // the f32 outlier channels, 0.998 with them.
+        assert!(c > 0.995, "int8 pooled cosine {c} for {t:?}");
         assert_eq!(x.n_tokens, y.n_tokens);
         identical &= c > 0.999999;
     }

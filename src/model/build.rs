@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::graph::GraphVariant;
 use super::*;
 
 /// Adds (or replaces) the mention tagger of the directory holding `manifest.json` at `dir`:
@@ -93,18 +94,37 @@ pub fn attach_int8(
         (Some(b), Some(p)) => Some(parse_safetensors(b, p)?),
         _ => None,
     };
-    let q = graph::build_bert_onnx(&bert, &st, tt.as_ref(), Precision::Int8)?;
+    let tok_path = current.tokenizer_path();
+    let tok = std::fs::read(&tok_path).map_err(ModelError::io(&tok_path))?;
+    let (q, info) = int8_graph(&bert, &st, tt.as_ref(), &tok, current.manifest.max_seq_len)?;
     let mut manifest = current.manifest;
     manifest
         .files
         .insert(ONNX_INT8_FILE.to_string(), sha256_bytes(&q));
-    manifest.int8 = Some(QuantizedGraph {
-        file: ONNX_INT8_FILE.into(),
-        scheme: INT8_SCHEME.into(),
-    });
+    manifest.int8 = Some(info);
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     replace_files(dir, &[(ONNX_INT8_FILE, &q[..]), (MANIFEST_FILE, &json[..])])?;
     ModelDir::open(dir)
+}
+
+/// The int8 graph, its outlier channels measured on the shipped calibration texts, and the
+/// manifest entry that describes it.
+fn int8_graph(
+    bert: &graph::BertConfig,
+    weights: &safetensors::SafeTensors<'_>,
+    trained: Option<&safetensors::SafeTensors<'_>>,
+    tokenizer: &[u8],
+    max_seq_len: usize,
+) -> Result<(Vec<u8>, QuantizedGraph)> {
+    let texts: Vec<&str> = calibrate::SHIPPED_TEXTS.lines().collect();
+    let outliers =
+        calibrate::outlier_channels(bert, weights, trained, tokenizer, max_seq_len, &texts)?;
+    let q = graph::build_bert_onnx(bert, weights, trained, GraphVariant::Int8(&outliers))?;
+    let info = QuantizedGraph {
+        file: ONNX_INT8_FILE.into(),
+        scheme: int8_scheme(&outliers, texts.len()),
+    };
+    Ok((q, info))
 }
 
 /// What a new model directory is built from.
@@ -155,26 +175,22 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
         (Some(b), Some(p)) => Some(parse_safetensors(b, p)?),
         _ => None,
     };
-    let onnx = graph::build_bert_onnx(&bert, &st, head.as_ref(), Precision::F32)?;
-    let onnx_int8 = match spec.int8 {
-        true => Some(graph::build_bert_onnx(
-            &bert,
-            &st,
-            head.as_ref(),
-            Precision::Int8,
-        )?),
-        false => None,
-    };
+    let onnx = graph::build_bert_onnx(&bert, &st, head.as_ref(), GraphVariant::F32)?;
     let tok = std::fs::read(&spec.tokenizer).map_err(ModelError::io(&spec.tokenizer))?;
     tokenizers::Tokenizer::from_bytes(&tok)
         .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", spec.tokenizer.display())))?;
+    let max_seq_len = spec.max_seq_len.min(bert.max_position_embeddings);
+    let int8 = match spec.int8 {
+        true => Some(int8_graph(&bert, &st, head.as_ref(), &tok, max_seq_len)?),
+        false => None,
+    };
     let mut files = BTreeMap::new();
     files.insert(ONNX_FILE.to_string(), sha256_bytes(&onnx));
     files.insert(TOKENIZER_FILE.to_string(), sha256_bytes(&tok));
     if let Some((m, bytes)) = &spec.mentions {
         files.insert(m.file.clone(), sha256_bytes(bytes));
     }
-    if let Some(q) = &onnx_int8 {
+    if let Some((q, _)) = &int8 {
         files.insert(ONNX_INT8_FILE.to_string(), sha256_bytes(q));
     }
     let manifest = Manifest {
@@ -183,7 +199,7 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
         version: spec.version.clone(),
         base_model: spec.base_model.clone(),
         dim: bert.hidden_size,
-        max_seq_len: spec.max_seq_len.min(bert.max_position_embeddings),
+        max_seq_len,
         files,
         weights_sha256: sha256_bytes(&weights),
         trained_sha256: head_bytes.as_deref().map(sha256_bytes),
@@ -193,10 +209,7 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
         training_data: spec.training_data.clone(),
         dev_scores: spec.dev_scores.clone(),
         mentions: spec.mentions.as_ref().map(|(m, _)| m.clone()),
-        int8: onnx_int8.as_ref().map(|_| QuantizedGraph {
-            file: ONNX_INT8_FILE.into(),
-            scheme: INT8_SCHEME.into(),
-        }),
+        int8: int8.as_ref().map(|(_, info)| info.clone()),
         created_at: now_rfc3339(),
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
@@ -208,7 +221,7 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
     if let Some((m, bytes)) = &spec.mentions {
         files.push((m.file.as_str(), bytes));
     }
-    if let Some(q) = &onnx_int8 {
+    if let Some((q, _)) = &int8 {
         files.push((ONNX_INT8_FILE, q));
     }
     write_dir_atomically(out, &files)?;

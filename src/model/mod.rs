@@ -11,6 +11,7 @@
 //! target text all come from the manifest.
 
 mod build;
+pub mod calibrate;
 pub mod graph;
 pub mod onnx_proto;
 
@@ -124,9 +125,16 @@ pub struct QuantizedGraph {
     pub scheme: String,
 }
 
-/// The scheme string written for [`Precision::Int8`] graphs.
-pub const INT8_SCHEME: &str =
-    "dynamic int8: linear weights per output channel, symmetric, |q| <= 127; activations per call (DynamicQuantizeMatMul)";
+/// The scheme string written for [`Precision::Int8`] graphs, with how many input channels
+/// of how many layers stay f32 and how many calibration texts chose them.
+pub fn int8_scheme(outliers: &graph::OutlierChannels, texts: usize) -> String {
+    let channels: usize = outliers.values().map(Vec::len).sum();
+    format!(
+        "dynamic int8: linear weights per output channel, symmetric, |q| <= 127; activations per call (DynamicQuantizeMatMul); \
+         {channels} outlier input channels of {} layers multiplied in f32 (chosen on {texts} calibration texts)",
+        outliers.len()
+    )
+}
 
 impl Manifest {
     /// A short identity of what the model computes in `precision`: the graph served, the

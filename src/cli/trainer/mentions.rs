@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::encoder::{Device, EncoderConfig};
+use crate::encoder::{Device, EncoderConfig, PrecisionChoice};
 use crate::mentions::train as mtrain;
 
 /// Arguments of `uwe-trainer mentions`.
@@ -69,6 +69,9 @@ pub(crate) fn run(a: MentionsArgs) -> anyhow::Result<()> {
     } = a;
     let ecfg = EncoderConfig {
         device: Device::Cpu,
+        // Training and measuring read the f32 graph, the reference every precision is
+        // compared with.
+        precision: PrecisionChoice::F32,
         intra_threads: threads,
         cache_bytes: 0,
         ..Default::default()

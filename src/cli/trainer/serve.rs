@@ -20,7 +20,7 @@ use super::train::{stage_candidate, Stage};
 use crate::connector::codec::ValueDecoder;
 use crate::connector::http::{self, Health};
 use crate::connector::sink::{dead_letter, DeadLetterSource};
-use crate::encoder::{Device, EncoderConfig};
+use crate::encoder::{Device, EncoderConfig, PrecisionChoice};
 use crate::error::ErrorClass;
 use crate::model::{ModelDir, ScorerSpec};
 use crate::sidecar::config::ServiceConfig;
@@ -628,6 +628,9 @@ fn retrain(
     }
     let ecfg = EncoderConfig {
         device: Device::Cpu,
+        // Training and measuring read the f32 graph, the reference every precision is
+        // compared with.
+        precision: PrecisionChoice::F32,
         intra_threads: svc.threads,
         cache_bytes: 0,
         ..Default::default()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::publish;
-use crate::encoder::{Device, EncoderConfig};
+use crate::encoder::{Device, EncoderConfig, PrecisionChoice};
 use crate::model::{self, ModelDir, ScorerSpec};
 use crate::train::{self, data, head::Objective, TrainSpec};
 
@@ -161,6 +161,9 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     let ecfg = EncoderConfig {
         device: Device::Cpu,
+        // Training and measuring read the f32 graph, the reference every precision is
+        // compared with.
+        precision: PrecisionChoice::F32,
         intra_threads: threads,
         cache_bytes: 0,
         ..Default::default()

@@ -16,6 +16,10 @@ pub(super) struct Builder<'a> {
     pub(super) used: HashMap<String, ()>,
     pub(super) n: usize,
     pub(super) precision: Precision,
+    /// Int8 only: input channels kept in f32, by weight name.
+    pub(super) outliers: Option<&'a OutlierChannels>,
+    /// Probe graphs only: (weight name, input value) of every linear layer.
+    pub(super) probes: Option<Vec<(String, String)>>,
 }
 
 pub(super) fn attr_int(name: &str, v: i64) -> AttributeProto {
@@ -136,7 +140,8 @@ impl<'a> Builder<'a> {
     }
 
     /// `x · Wᵀ (+ b)` with `W` (`[out, in]`) quantised per output channel to int8 and the
-    /// activations quantised per call (ONNX Runtime's `DynamicQuantizeMatMul`).
+    /// activations quantised per call (ONNX Runtime's `DynamicQuantizeMatMul`), except the
+    /// layer's outlier input channels, which are multiplied in f32 and added.
     pub(super) fn matmul_int8(
         &mut self,
         x: &str,
@@ -146,11 +151,32 @@ impl<'a> Builder<'a> {
         inp: usize,
     ) -> Result<String> {
         let t = self.tensor(w_name, &[out, inp])?;
-        let w: Vec<f32> = t
+        let mut w: Vec<f32> = t
             .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        let kept: Vec<usize> = self
+            .outliers
+            .and_then(|o| o.get(w_name))
+            .cloned()
+            .unwrap_or_default();
+        if let Some(&bad) = kept.iter().find(|&&c| c >= inp) {
+            return Err(ModelError::Weights(format!(
+                "outlier channel {bad} of {w_name} is out of range (the layer has {inp} inputs)"
+            )));
+        }
+        // The outlier columns, `[k, out]`, multiplied in f32; zeroed in the quantised weight
+        // so that they neither count twice nor widen its scales.
+        let mut outlier_w = Vec::with_capacity(kept.len() * out);
+        for &c in &kept {
+            outlier_w.extend((0..out).map(|o| w[o * inp + c]));
+        }
+        for o in 0..out {
+            for &c in &kept {
+                w[o * inp + c] = 0.0;
+            }
+        }
         let (q, scales) = quantize_per_channel(&w, out, inp);
         self.used.insert(w_name.into(), ());
         let qname = format!("{w_name}.int8");
@@ -167,7 +193,22 @@ impl<'a> Builder<'a> {
             name: Some(sname.clone()),
             raw_data: Some(scales.iter().flat_map(|x| x.to_le_bytes()).collect()),
         });
-        let mut inputs = vec![x.to_string(), qname, sname];
+        let (xq, x_outliers) = if kept.is_empty() {
+            (x.to_string(), None)
+        } else {
+            let mut keep = vec![1f32; inp];
+            for &c in &kept {
+                keep[c] = 0.0;
+            }
+            let keep = self.const_f32(&keep, &[inp as i64]);
+            let idx: Vec<i64> = kept.iter().map(|&c| c as i64).collect();
+            let idx = self.const_i64(&idx, &[kept.len() as i64]);
+            let ow = self.const_f32(&outlier_w, &[kept.len() as i64, out as i64]);
+            let xo = self.op("Gather", &[x, &idx], vec![attr_int("axis", -1)]);
+            let yo = self.op("MatMul", &[&xo, &ow], vec![]);
+            (self.op("Mul", &[x, &keep], vec![]), Some(yo))
+        };
+        let mut inputs = vec![xq, qname, sname];
         if let Some(b) = bias {
             // The optional zero point stays empty: the weights are symmetric.
             inputs.extend([String::new(), b.to_string()]);
@@ -182,7 +223,17 @@ impl<'a> Builder<'a> {
             domain: Some(MS_DOMAIN.into()),
             attribute: vec![],
         });
-        Ok(y)
+        Ok(match x_outliers {
+            Some(yo) => self.op("Add", &[&y, &yo], vec![]),
+            None => y,
+        })
+    }
+
+    /// Records `x` as the input of the linear layer `w_name`, in probe graphs.
+    pub(super) fn probe(&mut self, x: &str, w_name: &str) {
+        if let Some(p) = &mut self.probes {
+            p.push((w_name.to_string(), x.to_string()));
+        }
     }
 
     /// `x · Wᵀ + b` for a Hugging Face `Linear` stored as `[out, in]`.
@@ -198,6 +249,7 @@ impl<'a> Builder<'a> {
             let b = self.weight(&format!("{prefix}.bias"), &[out])?;
             return self.matmul_int8(x, &w_name, Some(&b), out, inp);
         }
+        self.probe(x, &w_name);
         // Weight before bias: the initializer order is part of the graph's recorded sha256.
         let w = self.weight(&w_name, &[out, inp])?;
         let b = self.weight(&format!("{prefix}.bias"), &[out])?;

@@ -8,7 +8,7 @@
 //! Outputs: `token_embeddings` (`float [batch, seq, hidden]`, last hidden state) and
 //! `sentence_embedding` (`float [batch, hidden]`, masked mean, L2-normalised).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use prost::Message;
 use safetensors::SafeTensors;
@@ -82,6 +82,65 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// Input channels of each linear layer that the int8 graph keeps in f32, by the layer's
+/// weight name (`encoder.layer.0.intermediate.dense.weight`, ...).
+///
+/// BERT's activations have a few channels an order of magnitude larger than the rest (in
+/// MiniLM, channel 99 of every feed-forward input reaches about 30 where the median channel
+/// reaches 2). Activations are quantised with one scale per tensor, so those channels would
+/// set the step for all the others; multiplying them apart in f32 (a `Gather` and a
+/// `[k, out]` product) keeps the step of the rest small ([`choose_outliers`]).
+pub type OutlierChannels = BTreeMap<String, Vec<usize>>;
+
+/// What [`build_bert_onnx`] writes.
+#[derive(Debug, Clone, Copy)]
+pub enum GraphVariant<'o> {
+    /// Every weight in f32: the served f32 graph.
+    F32,
+    /// The f32 graph with each linear layer's input as an extra output, named
+    /// `probe:<weight name>`, for measuring activation ranges ([`crate::model::calibrate`]).
+    Probe,
+    /// Linear layers quantised to int8, the given input channels of each kept in f32.
+    Int8(&'o OutlierChannels),
+}
+
+impl GraphVariant<'_> {
+    fn precision(self) -> Precision {
+        match self {
+            GraphVariant::F32 | GraphVariant::Probe => Precision::F32,
+            GraphVariant::Int8(_) => Precision::Int8,
+        }
+    }
+}
+
+/// Prefix of the probe graph's extra outputs; the weight name follows.
+pub const PROBE_PREFIX: &str = "probe:";
+
+/// A channel is an outlier when its largest magnitude is over this many times the median
+/// channel's.
+pub const OUTLIER_RATIO: f32 = 3.0;
+/// At most this many outlier channels per linear layer, the largest first.
+pub const MAX_OUTLIERS: usize = 8;
+
+/// The input channels of one linear layer to keep in f32, from the largest magnitude each
+/// channel reached on calibration texts: those over [`OUTLIER_RATIO`] times the median, at
+/// most [`MAX_OUTLIERS`], in ascending order.
+pub fn choose_outliers(absmax: &[f32]) -> Vec<usize> {
+    if absmax.is_empty() {
+        return vec![];
+    }
+    let mut sorted = absmax.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let mut idx: Vec<usize> = (0..absmax.len())
+        .filter(|&i| absmax[i] > OUTLIER_RATIO * median)
+        .collect();
+    idx.sort_by(|&a, &b| absmax[b].total_cmp(&absmax[a]));
+    idx.truncate(MAX_OUTLIERS);
+    idx.sort_unstable();
+    idx
+}
+
 /// Largest magnitude of a quantised weight: the full signed range less -128, so the range
 /// is symmetric. (Seven bits, ONNX Runtime's `reduce_range`, would rule out the 16-bit
 /// saturation of `vpmaddubsw` on x86 CPUs without VNNI, but measured here it cost about 3
@@ -117,15 +176,16 @@ pub const HEAD_WEIGHT: &str = "head.weight";
 
 /// Builds the encoder graph and returns the serialised ONNX model. `trained` weights take
 /// the place of the base `weights` of the same names; when they hold [`HEAD_WEIGHT`], the
-/// projection head is applied to the last hidden states. With [`Precision::Int8`] the
+/// projection head is applied to the last hidden states. With [`GraphVariant::Int8`] the
 /// linear layers (and the head) are written quantised; the graph then needs ONNX Runtime's
 /// CPU contrib operators.
 pub fn build_bert_onnx(
     cfg: &BertConfig,
     weights: &SafeTensors<'_>,
     trained: Option<&SafeTensors<'_>>,
-    precision: Precision,
+    variant: GraphVariant<'_>,
 ) -> Result<Vec<u8>> {
+    let precision = variant.precision();
     if cfg.hidden_act != "gelu" {
         return Err(ModelError::Weights(format!(
             "hidden_act {:?} is not supported (only gelu)",
@@ -152,6 +212,11 @@ pub fn build_bert_onnx(
         used: HashMap::new(),
         n: 0,
         precision,
+        outliers: match variant {
+            GraphVariant::Int8(o) => Some(o),
+            _ => None,
+        },
+        probes: matches!(variant, GraphVariant::Probe).then(Vec::new),
     };
 
     // Embeddings: word + position(0..seq) + token type 0, then layer norm.
@@ -240,6 +305,7 @@ pub fn build_bert_onnx(
         x = if precision == Precision::Int8 {
             b.matmul_int8(&x, HEAD_WEIGHT, None, h, h)?
         } else {
+            b.probe(&x, HEAD_WEIGHT);
             let w = b.weight(HEAD_WEIGHT, &[h, h])?;
             let wt = b.op("Transpose", &[&w], vec![attr_ints("perm", &[1, 0])]);
             b.op("MatMul", &[&x, &wt], vec![])
@@ -296,7 +362,7 @@ pub fn build_bert_onnx(
             version: Some(1),
         });
     }
-    let outputs = vec![
+    let mut outputs = vec![
         tensor_value(
             OUTPUT_TOKENS,
             data_type::FLOAT,
@@ -308,6 +374,15 @@ pub fn build_bert_onnx(
             &[Err("batch"), Ok(h as i64)],
         ),
     ];
+    for (weight, value) in b.probes.take().unwrap_or_default() {
+        let out = format!("{PROBE_PREFIX}{weight}");
+        b.op_named("Identity", &[&value], vec![], &out);
+        outputs.push(tensor_value(
+            &out,
+            data_type::FLOAT,
+            &[Err("batch"), Err("seq"), Err("in")],
+        ));
+    }
     let model = ModelProto {
         ir_version: Some(8),
         opset_import,
@@ -367,5 +442,26 @@ mod tests {
         assert!(s[0] > 0.0 && s[0].is_finite());
         assert_eq!((q[0], q[2]), (0, 0));
         assert_eq!((q[1], q[3]), (127, -127));
+    }
+
+    #[test]
+    fn outliers_are_the_few_channels_far_above_the_median() {
+        // Channel 3 is 15x the median, channel 0 exactly 3x (not over), channel 5 4x.
+        let a = [3.0f32, 1.0, 0.9, 15.0, 1.1, 4.0, 1.0];
+        assert_eq!(choose_outliers(&a), vec![3, 5]);
+        assert!(
+            choose_outliers(&[1.0; 16]).is_empty(),
+            "a flat layer has none"
+        );
+        assert!(choose_outliers(&[]).is_empty());
+        // Many outliers: only the largest MAX_OUTLIERS, returned in channel order.
+        let mut many = vec![1.0f32; 64];
+        for (k, c) in (0..MAX_OUTLIERS + 4).enumerate() {
+            many[c * 5] = 10.0 + k as f32;
+        }
+        let got = choose_outliers(&many);
+        assert_eq!(got.len(), MAX_OUTLIERS);
+        assert!(got.windows(2).all(|w| w[0] < w[1]));
+        assert!(!got.contains(&0) && got.contains(&((MAX_OUTLIERS + 3) * 5)));
     }
 }
