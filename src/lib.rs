@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //!
-//! - [`model`]: model directories (ONNX graph, tokenizer, manifest) and the graph writer.
+//! - [`model`]: model directories (ONNX graph, tokenizer, manifest), the graph writer and the
+//!   int8 graph's calibration (`model::calibrate`).
 //! - [`encoder`]: the blocking encoder (token-budget batches, long-text windows, query
 //!   cache) and the service that runs it on its own thread.
 //! - [`space`]: target spaces and the disk cache of their embeddings.

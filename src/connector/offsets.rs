@@ -6,7 +6,7 @@
 //! is assigned back, its late acknowledgement would store an offset below the one the other
 //! owner committed meanwhile, and the commit would go backwards.
 //!
-//! [`commit_final`] is the at-least-once shutdown commit, checked by reading the group's
+//! `commit_final` is the at-least-once shutdown commit, checked by reading the group's
 //! offsets back.
 
 use std::collections::{HashMap, VecDeque};

@@ -354,7 +354,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Splits labelled titles into a training share (about `train_percent` %) and the rest, kept
-/// for evaluation. The split goes by title, normalised ([`title_key`]), so no title is on
+/// for evaluation. The split goes by title, normalised (`title_key`), so no title is on
 /// both sides; it is deterministic, so the same file always splits the same way.
 pub fn split_by_title(tasks: Vec<Task>, train_percent: u64) -> (Vec<Task>, Vec<Task>) {
     tasks

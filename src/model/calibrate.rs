@@ -4,7 +4,7 @@
 //! The probe graph ([`GraphVariant::Probe`]) is the f32 graph with every linear layer's input
 //! as an extra output. Each calibration text runs alone (no padding, so every row is a real
 //! token), and each channel's largest magnitude over all texts picks the outliers
-//! ([`choose_outliers`]).
+//! ([`graph::choose_outliers`]).
 
 use std::collections::BTreeMap;
 

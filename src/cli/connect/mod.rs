@@ -1,5 +1,5 @@
 //! The `uwe-connect` binary: one module per subcommand, each with its arguments beside the
-//! code it runs; [`args`] holds the runtime and scorer arguments they share.
+//! code it runs; `args` holds the runtime and scorer arguments they share.
 
 mod args;
 mod bench;
