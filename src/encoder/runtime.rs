@@ -146,14 +146,19 @@ fn session(
     b.commit_from_file(path)
 }
 
+/// ONNX Runtime's intra-op threads for `cfg`: one per core when it says 0.
+fn intra_threads(cfg: &EncoderConfig) -> usize {
+    match cfg.intra_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 /// A CPU session for a graph held in memory (the calibration probe of
 /// [`crate::model::calibrate`]), with the ONNX Runtime library `cfg` resolves.
 pub(crate) fn cpu_session_from_memory(bytes: &[u8], cfg: &EncoderConfig) -> Result<Session> {
     let env = environment(cfg)?;
-    let threads = match cfg.intra_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let threads = intra_threads(cfg);
     let build = || -> ort::Result<Session> {
         Session::builder(env)?
             .with_optimization_level(GraphOptimizationLevel::Level3)?
@@ -171,13 +176,7 @@ pub fn build_session(
     cfg: &EncoderConfig,
 ) -> Result<(Session, Device, Precision)> {
     let env = environment(cfg)?;
-    let threads = if cfg.intra_threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        cfg.intra_threads
-    };
+    let threads = intra_threads(cfg);
     let load_err = |path: &Path| {
         let path = path.to_path_buf();
         move |e: ort::Error| {
