@@ -262,7 +262,7 @@ fn base_with_int8() -> (tempfile::TempDir, ModelDir) {
 }
 
 #[test]
-fn int8_graph_is_close_to_f32_is_served_only_when_asked_and_caches_apart() {
+fn int8_graph_is_close_to_f32_batch_independent_served_by_default_and_caches_apart() {
     use uwe_connect::encoder::PrecisionChoice;
     use uwe_connect::model::Precision;
     let (_tmp, m) = base_with_int8();
@@ -286,10 +286,10 @@ fn int8_graph_is_close_to_f32_is_served_only_when_asked_and_caches_apart() {
     assert_eq!(f.precision(), Precision::F32);
     assert_eq!(q.precision(), Precision::Int8);
     assert_eq!(load(PrecisionChoice::Auto).precision(), Precision::Int8);
-    // Default settings keep f32.
+    // Default settings serve int8 on CPU.
     assert_eq!(
         Encoder::load(&m, &cpu_config()).unwrap().precision(),
-        Precision::F32
+        Precision::Int8
     );
     assert_ne!(
         f.model_key(),
@@ -324,6 +324,27 @@ fn int8_graph_is_close_to_f32_is_served_only_when_asked_and_caches_apart() {
         !identical,
         "the int8 encoder computed exactly the f32 embeddings"
     );
+    // Activations are quantised per token, so a text's embedding does not depend on the
+    // texts batched with it (with one scale per call, the lone sentence below moved by up to
+    // 7e-3 per dimension). A fresh encoder without a cache runs each text on its own.
+    let mut alone = Encoder::load(
+        &m,
+        &uwe_connect::encoder::EncoderConfig {
+            precision: PrecisionChoice::Int8,
+            cache_bytes: 0,
+            ..cpu_config()
+        },
+    )
+    .unwrap();
+    for (t, batched) in texts.iter().zip(&b) {
+        let single = alone.encode(&[t]).unwrap().remove(0);
+        let diff = single
+            .pooled
+            .iter()
+            .zip(&batched.pooled)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff < 1e-5, "{t:?} alone vs batched: max |Δ| {diff}");
+    }
 }
 
 #[test]

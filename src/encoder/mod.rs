@@ -59,7 +59,7 @@ impl TextEmbedding {
 pub struct EncoderConfig {
     /// `auto`, `cpu` or `cuda`.
     pub device: Device,
-    /// `f32` (default), `int8` (CPU only), or `auto` (int8 on CPU when the model has it).
+    /// `auto` (default: int8 on CPU when the model has it), `f32`, or `int8` (CPU only).
     pub precision: PrecisionChoice,
     /// Intra-op threads on CPU; 0 means one per available core.
     pub intra_threads: usize,
@@ -79,7 +79,7 @@ impl Default for EncoderConfig {
     fn default() -> Self {
         EncoderConfig {
             device: Device::Auto,
-            precision: PrecisionChoice::F32,
+            precision: PrecisionChoice::Auto,
             intra_threads: 0,
             max_batch_tokens: 8192,
             max_batch_size: 128,

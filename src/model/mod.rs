@@ -130,7 +130,7 @@ pub struct QuantizedGraph {
 pub fn int8_scheme(outliers: &graph::OutlierChannels, texts: usize) -> String {
     let channels: usize = outliers.values().map(Vec::len).sum();
     format!(
-        "dynamic int8: linear weights per output channel, symmetric, |q| <= 127; activations per call (DynamicQuantizeMatMul); \
+        "dynamic int8: linear weights per output channel, symmetric, |q| <= 127; activations per token, symmetric (MatMulIntegerToFloat; batch-independent); \
          {channels} outlier input channels of {} layers multiplied in f32 (chosen on {texts} calibration texts)",
         outliers.len()
     )

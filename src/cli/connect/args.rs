@@ -17,8 +17,8 @@ pub(crate) struct RuntimeArgs {
     /// auto, cpu or cuda.
     #[arg(long, env = "UWE_DEVICE", default_value = "auto")]
     pub(crate) device: Device,
-    /// f32, int8 (CPU only), or auto (int8 on CPU when the model has an int8 graph).
-    #[arg(long, env = "UWE_PRECISION", default_value = "f32")]
+    /// auto (int8 on CPU when the model has an int8 graph, as the connector), f32, or int8 (CPU only).
+    #[arg(long, env = "UWE_PRECISION", default_value = "auto")]
     pub(crate) precision: PrecisionChoice,
     /// Intra-op threads (0: one per core).
     #[arg(long, env = "UWE_THREADS", default_value_t = 0)]

@@ -46,7 +46,7 @@ pub(crate) struct BuildModelArgs {
     #[arg(long, default_value_t = 100)]
     rerank_top: usize,
     /// Also write an int8 graph (model.int8.onnx), served on CPU when `encoder.precision`
-    /// is int8 or auto: linear weights per output channel, activations quantised per call.
+    /// is int8 or auto: linear weights per output channel, activations quantised per token.
     #[arg(long, value_enum)]
     quantize: Option<QuantizeKind>,
 }

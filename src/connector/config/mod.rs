@@ -171,10 +171,10 @@ k = 3
     }
 
     #[test]
-    fn precision_defaults_to_f32_and_int8_is_refused_on_cuda() {
+    fn precision_defaults_to_auto_and_int8_is_refused_on_cuda() {
         use crate::encoder::PrecisionChoice;
         let c = PipelineConfig::parse(MIN, &[]).unwrap();
-        assert_eq!(c.encoder.precision, PrecisionChoice::F32);
+        assert_eq!(c.encoder.precision, PrecisionChoice::Auto);
         let env = |v: &str| ("UWE__ENCODER__PRECISION".to_string(), v.to_string());
         let c = PipelineConfig::parse(MIN, &[env("\"int8\"")]).unwrap();
         assert_eq!(c.encoder.precision, PrecisionChoice::Int8);

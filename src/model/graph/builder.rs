@@ -20,6 +20,20 @@ pub(super) struct Builder<'a> {
     pub(super) outliers: Option<&'a OutlierChannels>,
     /// Probe graphs only: (weight name, input value) of every linear layer.
     pub(super) probes: Option<Vec<(String, String)>>,
+    /// Int8 only: the quantised form of each linear layer's input, by (input value, outlier
+    /// channels), so that the query, key and value layers quantise their shared input once.
+    pub(super) quantised: HashMap<(String, Vec<usize>), QuantisedInput>,
+}
+
+/// A linear layer's input prepared for the int8 product.
+#[derive(Clone)]
+pub(super) struct QuantisedInput {
+    /// `uint8 [.., in]`: each token row as `round(x / scale) + 128`, outlier channels zeroed.
+    q: String,
+    /// `float [.., 1]`: each token row's scale (its largest magnitude / 127).
+    scale: String,
+    /// `float [.., k]`: the outlier channels, gathered for the f32 product.
+    outliers: Option<String>,
 }
 
 pub(super) fn attr_int(name: &str, v: i64) -> AttributeProto {
@@ -84,6 +98,18 @@ impl<'a> Builder<'a> {
         name
     }
 
+    pub(super) fn const_u8(&mut self, v: u8) -> String {
+        self.n += 1;
+        let name = format!("const_u8_{}", self.n);
+        self.inits.push(TensorProto {
+            dims: vec![],
+            data_type: Some(data_type::UINT8),
+            name: Some(name.clone()),
+            raw_data: Some(vec![v]),
+        });
+        name
+    }
+
     pub(super) fn const_i64(&mut self, v: &[i64], dims: &[i64]) -> String {
         self.n += 1;
         let name = format!("const_i_{}", self.n);
@@ -140,8 +166,8 @@ impl<'a> Builder<'a> {
     }
 
     /// `x · Wᵀ (+ b)` with `W` (`[out, in]`) quantised per output channel to int8 and the
-    /// activations quantised per call (ONNX Runtime's `DynamicQuantizeMatMul`), except the
-    /// layer's outlier input channels, which are multiplied in f32 and added.
+    /// activations quantised per token ([`Self::quantise_input`]), except the layer's outlier
+    /// input channels, which are multiplied in f32 and added.
     pub(super) fn matmul_int8(
         &mut self,
         x: &str,
@@ -193,40 +219,79 @@ impl<'a> Builder<'a> {
             name: Some(sname.clone()),
             raw_data: Some(scales.iter().flat_map(|x| x.to_le_bytes()).collect()),
         });
-        let (xq, x_outliers) = if kept.is_empty() {
-            (x.to_string(), None)
-        } else {
-            let mut keep = vec![1f32; inp];
-            for &c in &kept {
-                keep[c] = 0.0;
-            }
-            let keep = self.const_f32(&keep, &[inp as i64]);
-            let idx: Vec<i64> = kept.iter().map(|&c| c as i64).collect();
-            let idx = self.const_i64(&idx, &[kept.len() as i64]);
-            let ow = self.const_f32(&outlier_w, &[kept.len() as i64, out as i64]);
-            let xo = self.op("Gather", &[x, &idx], vec![attr_int("axis", -1)]);
-            let yo = self.op("MatMul", &[&xo, &ow], vec![]);
-            (self.op("Mul", &[x, &keep], vec![]), Some(yo))
-        };
-        let mut inputs = vec![xq, qname, sname];
-        if let Some(b) = bias {
-            // The optional zero point stays empty: the weights are symmetric.
-            inputs.extend([String::new(), b.to_string()]);
-        }
+        let xin = self.quantise_input(x, &kept, inp);
+        let one = self.const_f32(&[1.0], &[]);
+        let zp = self.const_u8(ACTIVATION_ZERO_POINT);
+        // int32 products scaled per weight channel, then per row by a `Mul`. (ONNX Runtime
+        // also takes the row scales as a non-scalar activation scale, but applies them on one
+        // thread and to a bias passed in too: measured slower than the `Mul`.)
         self.n += 1;
-        let y = format!("dqmatmul_{}", self.n);
+        let y = format!("mmitf_{}", self.n);
         self.nodes.push(NodeProto {
-            input: inputs,
+            input: vec![xin.q.clone(), qname, one, sname, zp],
             output: vec![y.clone()],
-            name: Some(format!("n{}_DynamicQuantizeMatMul", self.nodes.len())),
-            op_type: Some("DynamicQuantizeMatMul".into()),
+            name: Some(format!("n{}_MatMulIntegerToFloat", self.nodes.len())),
+            op_type: Some("MatMulIntegerToFloat".into()),
             domain: Some(MS_DOMAIN.into()),
             attribute: vec![],
         });
-        Ok(match x_outliers {
-            Some(yo) => self.op("Add", &[&y, &yo], vec![]),
+        let mut y = self.op("Mul", &[&y, &xin.scale], vec![]);
+        if let Some(xo) = &xin.outliers {
+            let ow = self.const_f32(&outlier_w, &[kept.len() as i64, out as i64]);
+            let yo = self.op("MatMul", &[xo, &ow], vec![]);
+            y = self.op("Add", &[&y, &yo], vec![]);
+        }
+        Ok(match bias {
+            Some(b) => self.op("Add", &[&y, b], vec![]),
             None => y,
         })
+    }
+
+    /// Quantises `x` (`[.., in]`) per token row, symmetrically: each row's scale is its
+    /// largest magnitude over 127 and the row is stored as `round(x / scale) + 128` (`uint8`,
+    /// the activation type ONNX Runtime's integer kernels expect). One scale per row, not
+    /// per tensor, is what makes a text's embedding independent of the texts batched with
+    /// it; it is also closer to f32 (BENCHMARKS.md). The outlier channels `kept` are zeroed
+    /// before the scale is taken and gathered apart.
+    fn quantise_input(&mut self, x: &str, kept: &[usize], inp: usize) -> QuantisedInput {
+        let key = (x.to_string(), kept.to_vec());
+        if let Some(q) = self.quantised.get(&key) {
+            return q.clone();
+        }
+        let (xm, outliers) = if kept.is_empty() {
+            (x.to_string(), None)
+        } else {
+            let mut keep = vec![1f32; inp];
+            let mut idx = Vec::with_capacity(kept.len());
+            for &c in kept {
+                keep[c] = 0.0;
+                idx.push(c as i64);
+            }
+            let keep = self.const_f32(&keep, &[inp as i64]);
+            let idx = self.const_i64(&idx, &[kept.len() as i64]);
+            let xo = self.op("Gather", &[x, &idx], vec![attr_int("axis", -1)]);
+            (self.op("Mul", &[x, &keep], vec![]), Some(xo))
+        };
+        let abs = self.op("Abs", &[&xm], vec![]);
+        let amax = self.op(
+            "ReduceMax",
+            &[&abs],
+            vec![attr_ints("axes", &[-1]), attr_int("keepdims", 1)],
+        );
+        // A row of zeros (or of outliers only) gets a tiny scale and quantises to zeros.
+        let tiny = self.const_f32(&[1e-12], &[]);
+        let amax = self.op("Max", &[&amax, &tiny], vec![]);
+        let inv_qmax = self.const_f32(&[1.0 / INT8_ACTIVATION_MAX], &[]);
+        let scale = self.op("Mul", &[&amax, &inv_qmax], vec![]);
+        let qmax = self.const_f32(&[INT8_ACTIVATION_MAX], &[]);
+        let inv = self.op("Div", &[&qmax, &amax], vec![]);
+        let xs = self.op("Mul", &[&xm, &inv], vec![]);
+        let one = self.const_f32(&[1.0], &[]);
+        let zp = self.const_u8(ACTIVATION_ZERO_POINT);
+        let q = self.op("QuantizeLinear", &[&xs, &one, &zp], vec![]);
+        let out = QuantisedInput { q, scale, outliers };
+        self.quantised.insert(key, out.clone());
+        out
     }
 
     /// Records `x` as the input of the linear layer `w_name`, in probe graphs.

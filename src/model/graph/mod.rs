@@ -58,7 +58,7 @@ fn default_act() -> String {
     "gelu".into()
 }
 
-/// Domain of ONNX Runtime's contrib operators (`DynamicQuantizeMatMul`).
+/// Domain of ONNX Runtime's contrib operators (`MatMulIntegerToFloat`).
 pub const MS_DOMAIN: &str = "com.microsoft";
 
 /// Numeric precision of the linear layers of a written graph.
@@ -69,7 +69,8 @@ pub enum Precision {
     #[default]
     F32,
     /// Linear-layer weights in int8, one scale per output channel, activations quantised
-    /// dynamically per call; embeddings, layer norms, attention and pooling stay f32.
+    /// dynamically with one scale per token; embeddings, layer norms, attention and pooling
+    /// stay f32.
     Int8,
 }
 
@@ -87,8 +88,8 @@ impl std::fmt::Display for Precision {
 ///
 /// BERT's activations have a few channels an order of magnitude larger than the rest (in
 /// MiniLM, channel 99 of every feed-forward input reaches about 30 where the median channel
-/// reaches 2). Activations are quantised with one scale per tensor, so those channels would
-/// set the step for all the others; multiplying them apart in f32 (a `Gather` and a
+/// reaches 2), in nearly every token. Each token's activations are quantised with one scale,
+/// so those channels would set the step for all the others; multiplying them apart in f32 (a `Gather` and a
 /// `[k, out]` product) keeps the step of the rest small ([`choose_outliers`]).
 pub type OutlierChannels = BTreeMap<String, Vec<usize>>;
 
@@ -147,8 +148,13 @@ pub fn choose_outliers(absmax: &[f32]) -> Vec<usize> {
 /// MAP on the skill dev sets against under 1 for eight bits; see BENCHMARKS.md.)
 pub const INT8_WEIGHT_MAX: f32 = 127.0;
 
+/// Largest magnitude of a quantised activation (symmetric, as the weights).
+pub const INT8_ACTIVATION_MAX: f32 = 127.0;
+/// Zero point of the `uint8` activations: symmetric values `-127..=127` stored as `1..=255`.
+pub const ACTIVATION_ZERO_POINT: u8 = 128;
+
 /// Quantises a `[out, in]` weight symmetrically per output channel, transposed to the
-/// `[in, out]` layout `DynamicQuantizeMatMul` multiplies by. Returns the weights and one
+/// `[in, out]` layout `MatMulIntegerToFloat` multiplies by. Returns the weights and one
 /// scale per output channel (`w ≈ q · scale`).
 pub fn quantize_per_channel(w: &[f32], out: usize, inp: usize) -> (Vec<i8>, Vec<f32>) {
     debug_assert_eq!(w.len(), out * inp);
@@ -217,6 +223,7 @@ pub fn build_bert_onnx(
             _ => None,
         },
         probes: matches!(variant, GraphVariant::Probe).then(Vec::new),
+        quantised: HashMap::new(),
     };
 
     // Embeddings: word + position(0..seq) + token type 0, then layer norm.
