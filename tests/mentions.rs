@@ -47,7 +47,7 @@ fn enrich(enc: &mut Encoder, s: &Serving, cfg: &PipelineConfig, description: &st
     });
     let plan = enrich::plan(&ev, &cfg.targets);
     let embs = enc.encode(&plan.texts).unwrap();
-    let mut out = enrich::labels(&plan, &embs, &s.targets, s.scorer, s.mentions.as_deref());
+    let mut out = enrich::labels(&plan, &embs, &s.targets, s.mentions.as_deref());
     out.remove("skills").unwrap_or_default()
 }
 
@@ -259,7 +259,6 @@ fn a_threshold_sweep_matches_single_runs_and_its_folds_pool() {
     assert!(r1.totals.labels < r0.totals.labels);
     let at_strict = Serving {
         targets: s.targets.clone(),
-        scorer: s.scorer,
         mentions: Some(Arc::new(strict.apply(head))),
     };
     let single_strict =

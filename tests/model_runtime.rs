@@ -251,6 +251,7 @@ fn base_with_int8() -> (tempfile::TempDir, ModelDir) {
         base_model: "all-MiniLM-L6-v2".into(),
         max_seq_len: 256,
         scorer: ScorerSpec::Pooled,
+        target_scorers: Default::default(),
         target_text: Default::default(),
         training_data: vec![],
         dev_scores: Default::default(),

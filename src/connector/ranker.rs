@@ -107,7 +107,6 @@ impl Ranker {
                         plan,
                         &enc.embeddings[range],
                         &serving.targets,
-                        serving.scorer,
                         serving.mentions.as_deref(),
                     );
                     self.shadow.offer(plan, &labels);

@@ -29,16 +29,14 @@ use super::config::{Mode, PipelineConfig};
 use super::enrich::{self, Label, Plan, Target};
 use crate::encoder::Encoder;
 use crate::error::{ModelError, Result};
-use crate::model::{ModelDir, ScorerSpec};
+use crate::model::ModelDir;
 use crate::space::cache;
 use crate::telemetry as t;
 
-/// What ranking needs from one model: its embedded target spaces and scorer.
+/// What ranking needs from one model: its embedded target spaces, each with its scorer.
 pub struct Serving {
-    /// Targets with this model's embeddings of their spaces.
+    /// Targets with this model's embeddings of their spaces and its scorer for each.
     pub targets: Vec<Target>,
-    /// The model's scorer.
-    pub scorer: ScorerSpec,
     /// The model's mention tagger (present whenever a target ranks mentions).
     pub mentions: Option<Arc<crate::mentions::MentionHead>>,
 }
@@ -117,6 +115,7 @@ pub fn load_serving(
         targets.push(Target {
             cfg: tc.clone(),
             space: Arc::new(s),
+            scorer: model.manifest.scorer_for(&tc.space),
         });
     }
     let warm = enc.encode(&["warm-up: software engineer with Java and Docker"])?;
@@ -126,14 +125,7 @@ pub fn load_serving(
             dir.display()
         )));
     }
-    Ok((
-        enc,
-        Serving {
-            targets,
-            scorer: model.manifest.scorer,
-            mentions,
-        },
-    ))
+    Ok((enc, Serving { targets, mentions }))
 }
 
 /// The version `registry/current` points at, read from its manifest's directory name.
@@ -275,7 +267,6 @@ pub fn shadow_overlap(
             &s.plan,
             &emb[range],
             &serving.targets,
-            serving.scorer,
             serving.mentions.as_deref(),
         );
         for t in &serving.targets {

@@ -346,17 +346,11 @@ pub fn evaluate(
                         m.embedding = (*e).clone();
                     }
                 }
-                let labels = enrich::mention_labels(&target, &found, serving.scorer, head);
+                let labels = enrich::mention_labels(&target, &found, head);
                 (labels, Some(found))
             }
             None => {
-                let mut all = enrich::labels(
-                    plan,
-                    embs,
-                    &targets,
-                    serving.scorer,
-                    serving.mentions.as_deref(),
-                );
+                let mut all = enrich::labels(plan, embs, &targets, serving.mentions.as_deref());
                 (all.remove(&target.cfg.name).unwrap_or_default(), None)
             }
         };
@@ -410,10 +404,7 @@ pub fn sweep(
                 .filter(|m| !tops.contains_key(&key(m)))
                 .collect();
             let queries: Vec<&TextEmbedding> = new.iter().map(|m| &m.embedding).collect();
-            for (m, hit) in new
-                .iter()
-                .zip(enrich::top_concepts(&target, &queries, serving.scorer))
-            {
+            for (m, hit) in new.iter().zip(enrich::top_concepts(&target, &queries)) {
                 tops.insert(key(m), hit);
             }
             let mine: Vec<Option<Hit>> = found.iter().map(|m| tops[&key(m)]).collect();

@@ -149,6 +149,8 @@ pub struct BuildSpec {
     pub max_seq_len: usize,
     /// Default scorer.
     pub scorer: ScorerSpec,
+    /// Scorers for particular target spaces (the manifest's `target_scorers`).
+    pub target_scorers: BTreeMap<String, ScorerSpec>,
     /// Target text.
     pub target_text: TargetText,
     /// Training data description.
@@ -204,6 +206,7 @@ pub fn build_model_dir(spec: &BuildSpec, out: &Path) -> Result<ModelDir> {
         weights_sha256: sha256_bytes(&weights),
         trained_sha256: head_bytes.as_deref().map(sha256_bytes),
         scorer: spec.scorer,
+        target_scorers: spec.target_scorers.clone(),
         target_text: spec.target_text,
         bert,
         training_data: spec.training_data.clone(),

@@ -50,6 +50,18 @@ pub enum ScorerSpec {
         /// How many pooled candidates are reranked; 0 means exhaustive.
         rerank_top: usize,
     },
+    /// Token attention over the query, after ConTeXT-match (Decorte et al. 2025): the
+    /// concept's pooled vector attends over the query's tokens and scores the attended mix,
+    /// which lets one sentence naming several skills match each through its own words; the
+    /// result is blended with the pooled cosine. Applied to the pooled top `rerank_top`.
+    Attend {
+        /// Softmax temperature τ over query tokens.
+        temperature: f32,
+        /// Weight of the pooled cosine in the blend, in [0, 1].
+        pooled_weight: f32,
+        /// How many pooled candidates are reranked; 0 means exhaustive.
+        rerank_top: usize,
+    },
 }
 
 /// Which text of a concept is embedded for ranking.
@@ -92,6 +104,10 @@ pub struct Manifest {
     pub trained_sha256: Option<String>,
     /// Default scorer and its parameters.
     pub scorer: ScorerSpec,
+    /// Scorers that win for particular target spaces, by space name as a connector names
+    /// it (`esco-skills`, ...); other spaces use `scorer`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub target_scorers: BTreeMap<String, ScorerSpec>,
     /// Which concept text is embedded.
     #[serde(default)]
     pub target_text: TargetText,
@@ -137,6 +153,15 @@ pub fn int8_scheme(outliers: &graph::OutlierChannels, texts: usize) -> String {
 }
 
 impl Manifest {
+    /// The scorer for the target space named `space`: its entry in `target_scorers`, else
+    /// the default `scorer`.
+    pub fn scorer_for(&self, space: &str) -> ScorerSpec {
+        self.target_scorers
+            .get(space)
+            .copied()
+            .unwrap_or(self.scorer)
+    }
+
     /// A short identity of what the model computes in `precision`: the graph served, the
     /// tokenizer and the target text. Caches of target-space embeddings are keyed by it, so
     /// f32 and int8 embeddings never mix.
@@ -281,4 +306,30 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../trained/uwe-minilm-l6/manifest.json");
+
+    #[test]
+    fn the_shipped_model_scores_skills_by_attention_and_the_rest_pooled() {
+        let m: Manifest = serde_json::from_str(SHIPPED).unwrap();
+        assert!(matches!(
+            m.scorer_for("esco-skills"),
+            ScorerSpec::Attend { .. }
+        ));
+        assert_eq!(m.scorer_for("esco-occupations"), ScorerSpec::Pooled);
+        assert_eq!(m.scorer_for("data/my-taxonomy.jsonl"), m.scorer);
+        // A manifest written before per-space scorers reads as the default for every space.
+        let mut v: serde_json::Value = serde_json::from_str(SHIPPED).unwrap();
+        v.as_object_mut().unwrap().remove("target_scorers");
+        let old: Manifest = serde_json::from_value(v).unwrap();
+        assert_eq!(old.scorer_for("esco-skills"), old.scorer);
+        assert!(!serde_json::to_string(&old)
+            .unwrap()
+            .contains("target_scorers"));
+    }
 }

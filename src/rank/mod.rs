@@ -3,8 +3,11 @@
 //! Pooled: cosine of pooled embeddings. Late: the soft late interaction of UWE. For query
 //! tokens qᵢ and target tokens tⱼ (all unit length),
 //! `aᵢⱼ = softmax_j(qᵢ·tⱼ / τ)` and `score = meanᵢ Σⱼ aᵢⱼ · cos(qᵢ, tⱼ)`; τ → 0 is MaxSim.
+//! Attend (after ConTeXT-match): the concept's pooled vector `c` attends over the query
+//! tokens, `aᵢ = softmax_i(qᵢ·c / τ)`, `attend = Σᵢ aᵢ · qᵢ·c`, blended as
+//! `w · cos(q, c) + (1 − w) · attend`.
 //! Exhaustive late interaction over 13,896 skills is too slow for a stream, so the default
-//! ranks with pooled vectors first and reranks the top N with late interaction.
+//! ranks with pooled vectors first and reranks the top N with the token-level scorer.
 //!
 //! A space matched on its aliases too ([`AliasRows`]) scores each concept
 //! `max(label score, weight × best alias score)` under either scorer.
@@ -147,6 +150,33 @@ pub fn late_score(q: &[f32], t: &[f16], dim: usize, tau: f32, scratch: &mut Vec<
     total / nq as f32
 }
 
+/// Default temperature of [`ScorerSpec::Attend`] (ConTeXT-match's attention is sharp).
+pub const ATTEND_TEMPERATURE: f32 = 0.02;
+/// Default weight of the pooled cosine in [`ScorerSpec::Attend`]'s blend.
+pub const ATTEND_POOLED_WEIGHT: f32 = 0.5;
+
+/// Token attention of the query rows `q` (unit length) to one concept's pooled vector `c`:
+/// `Σᵢ softmax_i(qᵢ·c / τ) · qᵢ·c`, the similarity of the query's words that match `c` best
+/// (τ → 0: the best single token; large τ: the mean token similarity).
+pub fn attend_score(q: &[f32], c: &[f32], tau: f32) -> f32 {
+    let dim = c.len();
+    if dim == 0 || q.len() < dim {
+        return 0.0;
+    }
+    let sims: Vec<f32> = q.chunks_exact(dim).map(|qi| dot(qi, c)).collect();
+    let max = sims.iter().copied().fold(f32::MIN, f32::max);
+    if tau <= 0.0 {
+        return max;
+    }
+    let (mut z, mut s) = (0f32, 0f32);
+    for &x in &sims {
+        let w = ((x - max) / tau).exp();
+        z += w;
+        s += w * x;
+    }
+    s / z
+}
+
 /// Indices of the `k` largest scores, best first.
 pub fn top_k(scores: &[f32], k: usize) -> Vec<Hit> {
     let k = k.min(scores.len());
@@ -240,6 +270,15 @@ fn concept_score(
         ScorerSpec::Late { temperature, .. } => {
             late_score(&q.tokens, s.tokens_of(i), s.dim, temperature, scratch)
         }
+        ScorerSpec::Attend {
+            temperature,
+            pooled_weight,
+            ..
+        } => {
+            let c = s.pooled_of(i);
+            pooled_weight * dot(c, &q.pooled)
+                + (1.0 - pooled_weight) * attend_score(&q.tokens, c, temperature)
+        }
     };
     let mut best = (one(space, i, scratch), None);
     if let Some(a) = &space.aliases {
@@ -274,7 +313,7 @@ fn rank_with_pooled(
             }
             hits
         }
-        ScorerSpec::Late { rerank_top, .. } => {
+        ScorerSpec::Late { rerank_top, .. } | ScorerSpec::Attend { rerank_top, .. } => {
             let late = |i: usize, scratch: &mut Vec<f32>| {
                 let (score, alias) = concept_score(space, i, q, scorer, scratch);
                 Hit {

@@ -27,6 +27,48 @@ fn late_score_limits() {
     assert!((late_score(&q, &t, dim, 1e6, &mut s) - 0.5).abs() < 1e-4);
 }
 
+#[test]
+fn attend_score_limits() {
+    // Two query tokens, similarities 1 and 0 to the concept.
+    let q = [1.0, 0.0, 0.0, 1.0];
+    let c = [1.0, 0.0];
+    assert!(
+        (attend_score(&q, &c, 0.0) - 1.0).abs() < 1e-6,
+        "τ = 0: best token"
+    );
+    assert!((attend_score(&q, &c, 1e-3) - 1.0).abs() < 1e-4);
+    assert!(
+        (attend_score(&q, &c, 1e6) - 0.5).abs() < 1e-4,
+        "large τ: mean"
+    );
+    assert_eq!(attend_score(&[], &c, 0.02), 0.0, "no tokens");
+}
+
+/// A sentence naming two skills: its pooled vector lies between them and is closest to a
+/// third concept that is neither; attention lets each named skill match its own token.
+#[test]
+fn attend_ranks_each_named_skill_above_their_blend() {
+    let h = std::f32::consts::FRAC_1_SQRT_2;
+    let mut s = space(3, 3);
+    s.pooled = vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, h, h, 0.0];
+    let q = TextEmbedding {
+        tokens: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        pooled: vec![h, h, 0.0],
+        n_tokens: 2,
+        n_windows: 1,
+        offsets: vec![(0, 1), (2, 3)],
+    };
+    let pooled = rank(&s, &q, 3, ScorerSpec::Pooled);
+    assert_eq!(pooled[0].index, 2, "pooled: the blend first");
+    let attend = ScorerSpec::Attend {
+        temperature: 0.02,
+        pooled_weight: 0.25,
+        rerank_top: 0,
+    };
+    let got: Vec<usize> = rank(&s, &q, 3, attend).iter().map(|h| h.index).collect();
+    assert_eq!(got, vec![0, 1, 2], "attend: both named skills first");
+}
+
 fn space(n: usize, dim: usize) -> EncodedSpace {
     space_seeded(n, dim, 0)
 }
@@ -101,7 +143,7 @@ fn one_token(v: Vec<f32>) -> TextEmbedding {
     }
 }
 
-/// Ranks `qs` with `rank_many` and one by one, under both scorers, checks they agree, and
+/// Ranks `qs` with `rank_many` and one by one, under every scorer, checks they agree, and
 /// returns `rank_many`'s rankings for each scorer.
 fn assert_rank_many_matches_rank(s: &EncodedSpace, qs: &[TextEmbedding]) -> Vec<Vec<Vec<Hit>>> {
     let refs: Vec<&TextEmbedding> = qs.iter().collect();
@@ -109,6 +151,11 @@ fn assert_rank_many_matches_rank(s: &EncodedSpace, qs: &[TextEmbedding]) -> Vec<
         ScorerSpec::Pooled,
         ScorerSpec::Late {
             temperature: 0.1,
+            rerank_top: 20,
+        },
+        ScorerSpec::Attend {
+            temperature: 0.02,
+            pooled_weight: 0.5,
             rerank_top: 20,
         },
     ]

@@ -99,6 +99,8 @@ pub fn build_candidate(
         base_model: base.manifest.base_model.clone(),
         max_seq_len: base.manifest.max_seq_len,
         scorer,
+        // The candidate's publisher carries the current model's per-space scorers forward.
+        target_scorers: BTreeMap::new(),
         target_text: TargetText::Label,
         training_data,
         dev_scores: BTreeMap::new(),

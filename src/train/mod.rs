@@ -346,6 +346,7 @@ pub fn prepare(
                 base_model: base.manifest.base_model.clone(),
                 max_seq_len: base.manifest.max_seq_len,
                 scorer: ScorerSpec::Pooled,
+                target_scorers: Default::default(),
                 target_text: TargetText::Label,
                 training_data: vec![],
                 dev_scores: BTreeMap::new(),

@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 
 use crate::encoder::{Device, Encoder, EncoderConfig, PrecisionChoice};
 use crate::model::{self, ModelDir, ScorerSpec};
+use crate::rank::{ATTEND_POOLED_WEIGHT, ATTEND_TEMPERATURE};
 use crate::space::cache;
 
 #[derive(Args, Clone)]
@@ -96,9 +97,12 @@ pub(crate) struct ScorerArgs {
     /// Late-interaction temperature τ (default: the manifest's).
     #[arg(long)]
     pub(crate) temperature: Option<f32>,
-    /// Pooled candidates reranked by late interaction (0: exhaustive).
+    /// Pooled candidates reranked by the token-level scorer (0: exhaustive).
     #[arg(long)]
     pub(crate) rerank_top: Option<usize>,
+    /// Attend scorer: weight of the pooled cosine in its blend (default: the manifest's, else 0.5).
+    #[arg(long)]
+    pub(crate) pooled_weight: Option<f32>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -110,26 +114,45 @@ pub(crate) enum QuantizeKind {
 pub(crate) enum ScorerKind {
     Pooled,
     Late,
+    Attend,
 }
 
 impl ScorerArgs {
-    pub(crate) fn resolve(&self, manifest: &model::Manifest) -> ScorerSpec {
-        let (t0, r0) = match manifest.scorer {
+    /// The scorer for target space `space`: these arguments over the manifest's scorer for
+    /// that space ([`model::Manifest::scorer_for`]).
+    pub(crate) fn resolve(&self, manifest: &model::Manifest, space: &str) -> ScorerSpec {
+        // Defaults: the manifest's settings for its own scorer kind, else these.
+        let (mut tau_late, mut tau_attend, mut weight, mut top) =
+            (0.05, ATTEND_TEMPERATURE, ATTEND_POOLED_WEIGHT, 100);
+        let manifest_kind = match manifest.scorer_for(space) {
+            ScorerSpec::Pooled => ScorerKind::Pooled,
             ScorerSpec::Late {
                 temperature,
                 rerank_top,
-            } => (temperature, rerank_top),
-            ScorerSpec::Pooled => (0.05, 100),
+            } => {
+                (tau_late, top) = (temperature, rerank_top);
+                ScorerKind::Late
+            }
+            ScorerSpec::Attend {
+                temperature,
+                pooled_weight,
+                rerank_top,
+            } => {
+                (tau_attend, weight, top) = (temperature, pooled_weight, rerank_top);
+                ScorerKind::Attend
+            }
         };
-        let kind = self.scorer.unwrap_or(match manifest.scorer {
-            ScorerSpec::Pooled => ScorerKind::Pooled,
-            ScorerSpec::Late { .. } => ScorerKind::Late,
-        });
-        match kind {
+        let rerank_top = self.rerank_top.unwrap_or(top);
+        match self.scorer.unwrap_or(manifest_kind) {
             ScorerKind::Pooled => ScorerSpec::Pooled,
             ScorerKind::Late => ScorerSpec::Late {
-                temperature: self.temperature.unwrap_or(t0),
-                rerank_top: self.rerank_top.unwrap_or(r0),
+                temperature: self.temperature.unwrap_or(tau_late),
+                rerank_top,
+            },
+            ScorerKind::Attend => ScorerSpec::Attend {
+                temperature: self.temperature.unwrap_or(tau_attend),
+                pooled_weight: self.pooled_weight.unwrap_or(weight),
+                rerank_top,
             },
         }
     }

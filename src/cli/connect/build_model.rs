@@ -41,10 +41,14 @@ pub(crate) struct BuildModelArgs {
     /// Default scorer recorded in the manifest (pooled is best for an untrained base model).
     #[arg(long, value_enum, default_value = "pooled")]
     scorer: ScorerKind,
-    #[arg(long, default_value_t = 0.05)]
-    temperature: f32,
+    /// Temperature of the late or attend scorer (default 0.05 late, 0.02 attend).
+    #[arg(long)]
+    temperature: Option<f32>,
     #[arg(long, default_value_t = 100)]
     rerank_top: usize,
+    /// Attend scorer: weight of the pooled cosine in its blend.
+    #[arg(long, default_value_t = crate::rank::ATTEND_POOLED_WEIGHT)]
+    pooled_weight: f32,
     /// Also write an int8 graph (model.int8.onnx), served on CPU when `encoder.precision`
     /// is int8 or auto: linear weights per output channel, activations quantised per token.
     #[arg(long, value_enum)]
@@ -67,6 +71,7 @@ pub(crate) fn run(a: BuildModelArgs) -> anyhow::Result<()> {
         scorer,
         temperature,
         rerank_top,
+        pooled_weight,
         quantize,
     } = a;
     let mut spec = BuildSpec {
@@ -81,10 +86,16 @@ pub(crate) fn run(a: BuildModelArgs) -> anyhow::Result<()> {
         scorer: match scorer {
             ScorerKind::Pooled => ScorerSpec::Pooled,
             ScorerKind::Late => ScorerSpec::Late {
-                temperature,
+                temperature: temperature.unwrap_or(0.05),
+                rerank_top,
+            },
+            ScorerKind::Attend => ScorerSpec::Attend {
+                temperature: temperature.unwrap_or(crate::rank::ATTEND_TEMPERATURE),
+                pooled_weight,
                 rerank_top,
             },
         },
+        target_scorers: Default::default(),
         target_text: TargetText::Label,
         training_data: vec![],
         dev_scores: Default::default(),
@@ -102,6 +113,7 @@ pub(crate) fn run(a: BuildModelArgs) -> anyhow::Result<()> {
             spec.base_model = m.base_model.clone();
             spec.max_seq_len = m.max_seq_len;
             spec.scorer = m.scorer;
+            spec.target_scorers = m.target_scorers.clone();
             spec.target_text = m.target_text;
             spec.training_data = m.training_data.clone();
             spec.dev_scores = m.dev_scores.clone();

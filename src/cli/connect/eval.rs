@@ -66,6 +66,10 @@ pub(crate) struct EvalArgs {
     /// MAP and RP@5 changes from it to `--model` and their paired 95% bootstrap intervals.
     #[arg(long, conflicts_with_all = ["postings", "compare_precision"])]
     against: Option<PathBuf>,
+    /// Score the same queries with this scorer too and print both, with the MAP and RP@5
+    /// changes from it to the scorer in use and their paired 95% bootstrap intervals.
+    #[arg(long, value_enum, conflicts_with_all = ["postings", "compare_precision", "against"])]
+    against_scorer: Option<ScorerKind>,
     #[command(flatten)]
     scorer: ScorerArgs,
     #[command(flatten)]
@@ -94,6 +98,8 @@ pub(crate) fn run(a: EvalArgs) -> anyhow::Result<()> {
         };
         let rt = a.rt.clone();
         compare(a, [base, rt], |enc| enc.manifest().version.clone())
+    } else if let Some(other) = a.against_scorer {
+        compare_scorers(a, other)
     } else {
         tasks(a)
     }
@@ -260,7 +266,7 @@ fn compare(
     let mut names = Vec::new();
     for rt in runtimes {
         let mut enc = rt.load_encoder()?;
-        let s = scorer.resolve(enc.manifest());
+        let s = scorer.resolve(enc.manifest(), &space);
         let sp = rt.load_space(&space, &mut enc)?;
         let q = eval::score_queries(&mut enc, &sp, &t, s, true)?;
         let mut r = serde_json::to_value(q.report())?;
@@ -275,6 +281,51 @@ fn compare(
         names.push(k);
         scores.push(q);
     }
+    print_changes(out, &space, &names, &scores)
+}
+
+/// One model, two scorers on the same queries: `other` first, then the scorer in use.
+fn compare_scorers(a: EvalArgs, other: ScorerKind) -> anyhow::Result<()> {
+    let (space, tasks, scorer, rt) = task_args(a);
+    let mut enc = rt.load_encoder()?;
+    let to = scorer.resolve(enc.manifest(), &space);
+    let from = ScorerArgs {
+        scorer: Some(other),
+        ..scorer
+    }
+    .resolve(enc.manifest(), &space);
+    anyhow::ensure!(
+        from != to,
+        "--against-scorer names the scorer already in use ({to:?}); pick another, or --scorer"
+    );
+    let sp = rt.load_space(&space, &mut enc)?;
+    let t = read_pooled(&tasks)?;
+    let mut out = serde_json::Map::new();
+    let (mut names, mut scores) = (Vec::new(), Vec::new());
+    for s in [from, to] {
+        let q = eval::score_queries(&mut enc, &sp, &t, s, true)?;
+        let mut r = serde_json::to_value(q.report())?;
+        r["model"] = enc.manifest().version.clone().into();
+        r["scorer"] = serde_json::to_value(s)?;
+        let k = serde_json::to_value(s)?["kind"]
+            .as_str()
+            .unwrap_or("scorer")
+            .to_string();
+        out.insert(k.clone(), r);
+        names.push(k);
+        scores.push(q);
+    }
+    print_changes(out, &space, &names, &scores)
+}
+
+/// Prints both sides' reports with the MAP and RP@5 changes from the first to the second
+/// and their paired bootstrap intervals, as one JSON line.
+fn print_changes(
+    mut out: serde_json::Map<String, serde_json::Value>,
+    space: &str,
+    names: &[String],
+    scores: &[eval::QueryScores],
+) -> anyhow::Result<()> {
     let (d, ci) = eval::map_delta(&scores[0], &scores[1]);
     let (d5, ci5) = eval::metric_delta(&scores[0], &scores[1], 1);
     out.insert("space".into(), space.into());
@@ -292,7 +343,7 @@ fn compare(
 fn tasks(a: EvalArgs) -> anyhow::Result<()> {
     let (space, tasks, scorer, rt) = task_args(a);
     let mut enc = rt.load_encoder()?;
-    let s = scorer.resolve(enc.manifest());
+    let s = scorer.resolve(enc.manifest(), &space);
     let sp = rt.load_space(&space, &mut enc)?;
     let t = read_pooled(&tasks)?;
     let r = eval::evaluate(&mut enc, &sp, &t, s, true)?;

@@ -39,7 +39,7 @@ pub(crate) fn run(a: RankArgs) -> anyhow::Result<()> {
         rt,
     } = a;
     let mut enc = rt.load_encoder()?;
-    let s = scorer.resolve(enc.manifest());
+    let s = scorer.resolve(enc.manifest(), &space);
     let sp = rt.load_space(&space, &mut enc)?;
     let lines: Vec<String> = match text {
         Some(t) => vec![t],

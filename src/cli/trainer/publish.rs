@@ -166,6 +166,9 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
     // Record the chosen scorer and dev scores (the manifest is not among the checksummed files).
     let mut m = cand.manifest.clone();
     m.scorer = scorer;
+    // Per-space scorers are a choice about the spaces, not the weights: they carry over, so a
+    // hot swap never silently changes how skills are scored.
+    m.target_scorers = cur_dir.manifest.target_scorers.clone();
     m.dev_scores = cand_scores
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap()))

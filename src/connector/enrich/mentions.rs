@@ -6,7 +6,6 @@ use std::sync::Arc;
 use super::{Evidence, Label, Target, Unit};
 use crate::encoder::TextEmbedding;
 use crate::mentions::{span_embedding, MentionHead};
-use crate::model::ScorerSpec;
 use crate::rank::{rank_many, Hit};
 use crate::text::char_offset;
 
@@ -80,25 +79,16 @@ pub fn find_mentions(
 /// Labels of a `mentions` target: each mention's top concept when it clears the threshold
 /// (the tagger's calibrated one, or the target's `min_score` when higher); each concept once,
 /// with its best mention as evidence and how many mentions it had; the top k by score.
-pub fn mention_labels(
-    t: &Target,
-    found: &[FoundMention],
-    scorer: ScorerSpec,
-    head: &MentionHead,
-) -> Vec<Label> {
+pub fn mention_labels(t: &Target, found: &[FoundMention], head: &MentionHead) -> Vec<Label> {
     let queries: Vec<&TextEmbedding> = found.iter().map(|m| &m.embedding).collect();
-    let tops = top_concepts(t, &queries, scorer);
+    let tops = top_concepts(t, &queries);
     labels_from_tops(t, found, &tops, head)
 }
 
 /// The top concept in `t`'s space of each mention embedding (one per mention: near-duplicate
 /// concepts of one mention never crowd out others).
-pub fn top_concepts(
-    t: &Target,
-    queries: &[&TextEmbedding],
-    scorer: ScorerSpec,
-) -> Vec<Option<Hit>> {
-    rank_many(&t.space, queries, 1, scorer)
+pub fn top_concepts(t: &Target, queries: &[&TextEmbedding]) -> Vec<Option<Hit>> {
+    rank_many(&t.space, queries, 1, t.scorer)
         .into_iter()
         .map(|hits| hits.into_iter().next())
         .collect()

@@ -25,6 +25,9 @@ pub struct Target {
     pub cfg: TargetSection,
     /// The embedded space.
     pub space: Arc<EncodedSpace>,
+    /// How texts are scored against this space: the serving model's scorer for it
+    /// ([`crate::model::Manifest::scorer_for`]).
+    pub scorer: ScorerSpec,
 }
 
 /// Where a label's text came from.
@@ -177,7 +180,6 @@ pub fn labels(
     plan: &Plan,
     embeddings: &[Arc<TextEmbedding>],
     targets: &[Target],
-    scorer: ScorerSpec,
     mentions: Option<&MentionHead>,
 ) -> BTreeMap<String, Vec<Label>> {
     let mut out: BTreeMap<String, Vec<Label>> = BTreeMap::new();
@@ -185,12 +187,12 @@ pub fn labels(
         let units: Vec<&Unit> = plan.units.iter().filter(|u| u.target == ti).collect();
         if let (Mode::Mentions, Some(head)) = (t.cfg.mode, mentions) {
             let found = find_mentions(&units, embeddings, head, t.cfg.max_mentions);
-            out.insert(t.cfg.name.clone(), mention_labels(t, &found, scorer, head));
+            out.insert(t.cfg.name.clone(), mention_labels(t, &found, head));
             continue;
         }
         let queries: Vec<&TextEmbedding> =
             units.iter().map(|u| embeddings[u.text].as_ref()).collect();
-        let ranked = rank_many(&t.space, &queries, t.cfg.k, scorer);
+        let ranked = rank_many(&t.space, &queries, t.cfg.k, t.scorer);
         let units = units.into_iter().zip(ranked);
         let concepts = &t.space.space.concepts;
         let matched = |h: &crate::rank::Hit| t.space.alias_text(h.alias).map(str::to_string);
