@@ -29,6 +29,15 @@ fn feedback_in_model_out_swapped_live_and_a_killed_run_resumes_without_partial_v
     let reg = tempfile::tempdir().unwrap();
     let registry = reg.path();
     copy_model(&base_model_dir(), &registry.join("base-1"), "base-1");
+    // A per-space scorer on the serving model, which a published candidate must keep.
+    let attend = serde_json::json!({
+        "esco-skills": {"kind": "attend", "temperature": 0.0625, "pooled_weight": 0.5, "rerank_top": 100}
+    });
+    let base_manifest = registry.join("base-1/manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&base_manifest).unwrap()).unwrap();
+    m["target_scorers"] = attend.clone();
+    std::fs::write(&base_manifest, m.to_string()).unwrap();
     swap::set_current(registry, "base-1").unwrap();
 
     // The connector follows the registry and the control topic.
@@ -212,6 +221,10 @@ fn feedback_in_model_out_swapped_live_and_a_killed_run_resumes_without_partial_v
     let dir_v = registry.join(&version);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir_v.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["target_scorers"], attend,
+        "the published model lost the serving model's per-space scorers"
+    );
     let card = manifest["training_data"].to_string();
     assert!(
         card.contains("9 events") && card.contains("hard negatives"),
