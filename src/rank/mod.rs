@@ -10,7 +10,7 @@
 //! ranks with pooled vectors first and reranks the top N with the token-level scorer.
 //!
 //! A space matched on its aliases too ([`AliasRows`]) scores each concept
-//! `max(label score, weight × best alias score)` under either scorer.
+//! `max(label score, weight × best alias score)` under any scorer.
 
 use half::f16;
 use serde::Serialize;

@@ -94,7 +94,7 @@ pub(crate) struct ScorerArgs {
     /// Scorer; default: the model manifest's.
     #[arg(long)]
     pub(crate) scorer: Option<ScorerKind>,
-    /// Late-interaction temperature τ (default: the manifest's).
+    /// Temperature τ of the late or attend scorer (default: the manifest's).
     #[arg(long)]
     pub(crate) temperature: Option<f32>,
     /// Pooled candidates reranked by the token-level scorer (0: exhaustive).
