@@ -238,7 +238,7 @@ pub fn run_encoder_bench(
     let enc_ms = t0.elapsed().as_secs_f64() * 1000.0 / sentences.len() as f64;
     let tau = match dir.manifest.scorer {
         ScorerSpec::Late { temperature, .. } => temperature,
-        ScorerSpec::Pooled | ScorerSpec::Attend { .. } => 0.05,
+        ScorerSpec::Pooled | ScorerSpec::Attend { .. } => crate::rank::LATE_TEMPERATURE,
     };
     let timing = |scorer: ScorerSpec| {
         let t0 = Instant::now();

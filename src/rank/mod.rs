@@ -135,21 +135,28 @@ pub fn late_score(q: &[f32], t: &[f16], dim: usize, tau: f32, scratch: &mut Vec<
             sims[j] = dot(qi, tj);
             max = max.max(sims[j]);
         }
-        if tau <= 0.0 {
-            total += max;
-            continue;
-        }
-        let (mut z, mut s) = (0f32, 0f32);
-        for &c in &sims {
-            let w = ((c - max) / tau).exp();
-            z += w;
-            s += w * c;
-        }
-        total += s / z;
+        total += softmax_mean(&sims, max, tau);
     }
     total / nq as f32
 }
 
+/// `Σ softmax(sims / τ) · sims`, given `max` of `sims`: the similarities' mean weighted
+/// towards the largest (τ ≤ 0: the largest itself). Shared by the late and attend scorers.
+fn softmax_mean(sims: &[f32], max: f32, tau: f32) -> f32 {
+    if tau <= 0.0 {
+        return max;
+    }
+    let (mut z, mut s) = (0f32, 0f32);
+    for &c in sims {
+        let w = ((c - max) / tau).exp();
+        z += w;
+        s += w * c;
+    }
+    s / z
+}
+
+/// Default temperature of [`ScorerSpec::Late`].
+pub const LATE_TEMPERATURE: f32 = 0.05;
 /// Default temperature of [`ScorerSpec::Attend`] (ConTeXT-match's attention is sharp).
 pub const ATTEND_TEMPERATURE: f32 = 0.02;
 /// Default weight of the pooled cosine in [`ScorerSpec::Attend`]'s blend.
@@ -165,16 +172,7 @@ pub fn attend_score(q: &[f32], c: &[f32], tau: f32) -> f32 {
     }
     let sims: Vec<f32> = q.chunks_exact(dim).map(|qi| dot(qi, c)).collect();
     let max = sims.iter().copied().fold(f32::MIN, f32::max);
-    if tau <= 0.0 {
-        return max;
-    }
-    let (mut z, mut s) = (0f32, 0f32);
-    for &x in &sims {
-        let w = ((x - max) / tau).exp();
-        z += w;
-        s += w * x;
-    }
-    s / z
+    softmax_mean(&sims, max, tau)
 }
 
 /// Indices of the `k` largest scores, best first.

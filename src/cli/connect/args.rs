@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 
 use crate::encoder::{Device, Encoder, EncoderConfig, PrecisionChoice};
 use crate::model::{self, ModelDir, ScorerSpec};
-use crate::rank::{ATTEND_POOLED_WEIGHT, ATTEND_TEMPERATURE};
+use crate::rank::{ATTEND_POOLED_WEIGHT, ATTEND_TEMPERATURE, LATE_TEMPERATURE};
 use crate::space::cache;
 
 #[derive(Args, Clone)]
@@ -122,8 +122,12 @@ impl ScorerArgs {
     /// that space ([`model::Manifest::scorer_for`]).
     pub(crate) fn resolve(&self, manifest: &model::Manifest, space: &str) -> ScorerSpec {
         // Defaults: the manifest's settings for its own scorer kind, else these.
-        let (mut tau_late, mut tau_attend, mut weight, mut top) =
-            (0.05, ATTEND_TEMPERATURE, ATTEND_POOLED_WEIGHT, 100);
+        let (mut tau_late, mut tau_attend, mut weight, mut top) = (
+            LATE_TEMPERATURE,
+            ATTEND_TEMPERATURE,
+            ATTEND_POOLED_WEIGHT,
+            100,
+        );
         let manifest_kind = match manifest.scorer_for(space) {
             ScorerSpec::Pooled => ScorerKind::Pooled,
             ScorerSpec::Late {

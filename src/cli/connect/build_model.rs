@@ -86,7 +86,7 @@ pub(crate) fn run(a: BuildModelArgs) -> anyhow::Result<()> {
         scorer: match scorer {
             ScorerKind::Pooled => ScorerSpec::Pooled,
             ScorerKind::Late => ScorerSpec::Late {
-                temperature: temperature.unwrap_or(0.05),
+                temperature: temperature.unwrap_or(crate::rank::LATE_TEMPERATURE),
                 rerank_top,
             },
             ScorerKind::Attend => ScorerSpec::Attend {

@@ -268,10 +268,7 @@ fn compare(
         let mut enc = rt.load_encoder()?;
         let s = scorer.resolve(enc.manifest(), &space);
         let sp = rt.load_space(&space, &mut enc)?;
-        let q = eval::score_queries(&mut enc, &sp, &t, s, true)?;
-        let mut r = serde_json::to_value(q.report())?;
-        r["model"] = enc.manifest().version.clone().into();
-        r["scorer"] = serde_json::to_value(s)?;
+        let (r, q) = scored_side(&mut enc, &sp, &t, s)?;
         let k = key(&enc);
         anyhow::ensure!(
             !out.contains_key(&k),
@@ -303,19 +300,28 @@ fn compare_scorers(a: EvalArgs, other: ScorerKind) -> anyhow::Result<()> {
     let mut out = serde_json::Map::new();
     let (mut names, mut scores) = (Vec::new(), Vec::new());
     for s in [from, to] {
-        let q = eval::score_queries(&mut enc, &sp, &t, s, true)?;
-        let mut r = serde_json::to_value(q.report())?;
-        r["model"] = enc.manifest().version.clone().into();
-        r["scorer"] = serde_json::to_value(s)?;
-        let k = serde_json::to_value(s)?["kind"]
-            .as_str()
-            .unwrap_or("scorer")
-            .to_string();
+        let (r, q) = scored_side(&mut enc, &sp, &t, s)?;
+        let k = r["scorer"]["kind"].as_str().unwrap_or("scorer").to_string();
         out.insert(k.clone(), r);
         names.push(k);
         scores.push(q);
     }
     print_changes(out, &space, &names, &scores)
+}
+
+/// One side of a comparison: the queries scored under `s`, and their report naming the
+/// model and the scorer.
+fn scored_side(
+    enc: &mut crate::encoder::Encoder,
+    sp: &crate::space::cache::EncodedSpace,
+    t: &[eval::Task],
+    s: crate::model::ScorerSpec,
+) -> anyhow::Result<(serde_json::Value, eval::QueryScores)> {
+    let q = eval::score_queries(enc, sp, t, s, true)?;
+    let mut r = serde_json::to_value(q.report())?;
+    r["model"] = enc.manifest().version.clone().into();
+    r["scorer"] = serde_json::to_value(s)?;
+    Ok((r, q))
 }
 
 /// Prints both sides' reports with the MAP and RP@5 changes from the first to the second

@@ -89,8 +89,9 @@ impl std::fmt::Display for Precision {
 /// BERT's activations have a few channels an order of magnitude larger than the rest (in
 /// MiniLM, channel 99 of every feed-forward input reaches about 30 where the median channel
 /// reaches 2), in nearly every token. Each token's activations are quantised with one scale,
-/// so those channels would set the step for all the others; multiplying them apart in f32 (a `Gather` and a
-/// `[k, out]` product) keeps the step of the rest small ([`choose_outliers`]).
+/// so those channels would set the step for all the others; multiplying them apart in f32
+/// (a `Gather` and a `[k, out]` product) keeps the step of the rest small
+/// ([`choose_outliers`]).
 pub type OutlierChannels = BTreeMap<String, Vec<usize>>;
 
 /// What [`build_bert_onnx`] writes.
