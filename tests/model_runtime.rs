@@ -80,6 +80,46 @@ fn long_text_is_split_into_windows_not_truncated() {
 }
 
 #[test]
+fn earlier_layers_come_with_every_token_across_windows_and_batches() {
+    let mut enc = base_encoder();
+    let dim = enc.manifest().dim;
+    let short = "We use Kubernetes, Terraform and AWS every day to ship our platform.";
+    let long = "You will maintain our Java services and mentor junior engineers. ".repeat(40);
+    let plain = enc.encode(&[short, long.as_str()]).unwrap();
+    assert!(
+        plain.iter().all(|e| e.layer_rows.is_empty()),
+        "none asked for"
+    );
+    enc.set_feature_layers(&[4, 5]).unwrap();
+    let got = enc.encode(&[short, long.as_str()]).unwrap();
+    assert!(got[1].n_windows > 1);
+    for (g, p) in got.iter().zip(&plain) {
+        assert_eq!(g.tokens, p.tokens, "the final rows do not change");
+        assert_eq!(g.layer_rows.len(), g.n_tokens * 2 * dim);
+        for row in g.layer_rows.chunks(dim) {
+            let n: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((n - 1.0).abs() < 1e-4, "each layer row is normalised: {n}");
+        }
+        // Layer 4's row of a token is not its final row.
+        assert!(cos(&g.layer_rows[..dim], &g.tokens[..dim]) < 0.99);
+    }
+    // A text's earlier rows do not depend on its batch.
+    let alone = enc.encode(&[format!("{short} ")]).unwrap().remove(0);
+    let d = alone
+        .layer_rows
+        .iter()
+        .zip(&got[0].layer_rows)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(d < 1e-4, "alone vs batched: {d}");
+    // The last layer is the token embeddings, not an extra output; 0 is no layer.
+    for bad in [[6usize], [0]] {
+        let e = enc.set_feature_layers(&bad).unwrap_err().to_string();
+        assert!(e.contains("rebuild the model directory"), "{e}");
+    }
+}
+
+#[test]
 fn empty_text_has_no_labels() {
     let mut enc = base_encoder();
     let space = Arc::new(load_jsonl(&root().join("tests/data/tiny_space.jsonl")).unwrap());

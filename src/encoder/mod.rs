@@ -39,6 +39,10 @@ pub struct TextEmbedding {
     pub offsets: Vec<(u32, u32)>,
     /// Number of model windows the text was split into.
     pub n_windows: usize,
+    /// Hidden states of the earlier layers the mention tagger reads
+    /// ([`Encoder::feature_layers`]), each L2-normalised: `n_tokens × layers × dim`, one
+    /// token's blocks together, in the layers' order. Empty when it reads none.
+    pub layer_rows: Vec<f32>,
 }
 
 impl TextEmbedding {
@@ -49,7 +53,8 @@ impl TextEmbedding {
 
     /// Approximate heap size, for the byte-bounded cache.
     pub fn heap_bytes(&self) -> usize {
-        (self.pooled.len() + self.tokens.len() + 2 * self.offsets.len()) * 4 + 64
+        (self.pooled.len() + self.tokens.len() + self.layer_rows.len() + 2 * self.offsets.len()) * 4
+            + 64
     }
 }
 
@@ -102,6 +107,17 @@ pub struct Encoder {
     cache: Option<moka::sync::Cache<String, Arc<TextEmbedding>>>,
     device: Device,
     precision: Precision,
+    /// Earlier layers (1-based) whose hidden states each text's embedding carries.
+    feature_layers: Vec<usize>,
+}
+
+/// One window's outputs: pooled embedding, token rows and the feature layers' rows, each
+/// `(ids + 2) × width` with `[CLS]` and `[SEP]` included until [`Encoder::run_batch`] drops
+/// them.
+struct WindowOut {
+    pooled: Vec<f32>,
+    rows: Vec<f32>,
+    layer_rows: Vec<f32>,
 }
 
 impl Encoder {
@@ -143,7 +159,7 @@ impl Encoder {
                 })
                 .build()
         });
-        let enc = Encoder {
+        let mut enc = Encoder {
             session,
             tokenizer,
             manifest,
@@ -154,8 +170,45 @@ impl Encoder {
             cache,
             device,
             precision,
+            feature_layers: vec![],
         };
+        let layers = enc
+            .manifest
+            .mentions
+            .as_ref()
+            .map(|m| m.layers.clone())
+            .unwrap_or_default();
+        enc.set_feature_layers(&layers)?;
         Ok(enc)
+    }
+
+    /// Earlier layers (1-based) whose hidden states every embedding carries in
+    /// [`TextEmbedding::layer_rows`]: the model's tagger's ([`crate::mentions::MentionSpec::layers`])
+    /// unless set otherwise.
+    pub fn feature_layers(&self) -> &[usize] {
+        &self.feature_layers
+    }
+
+    /// Makes every embedding carry these layers' hidden states (the trainer sets the layers
+    /// of a tagger it is about to train). Clears the embedding cache.
+    pub fn set_feature_layers(&mut self, layers: &[usize]) -> Result<()> {
+        let have: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
+        for &l in layers {
+            let name = graph::output_hidden(l);
+            if l == 0 || l >= self.manifest.bert.num_hidden_layers || !have.contains(&name.as_str())
+            {
+                return Err(ModelError::Weights(format!(
+                    "the mention tagger reads layer {l}, but the graph of model {} has no `{name}` output (layers 1..{} can be read; graphs written before the tagger read earlier layers have none): rebuild the model directory with `scripts/setup` or `uwe-connect build-model`",
+                    self.manifest.version,
+                    self.manifest.bert.num_hidden_layers.saturating_sub(1)
+                )));
+            }
+        }
+        self.feature_layers = layers.to_vec();
+        if let Some(c) = &self.cache {
+            c.invalidate_all();
+        }
+        Ok(())
     }
 
     /// The model's manifest.
@@ -238,7 +291,7 @@ impl Encoder {
     fn encode_uncached(&mut self, texts: &[&str]) -> Result<Vec<TextEmbedding>> {
         let dim = self.manifest.dim;
         let (windows, offsets) = self.windows(texts)?;
-        let mut results: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; windows.len()];
+        let mut results: Vec<Option<WindowOut>> = (0..windows.len()).map(|_| None).collect();
         for (idx, seq) in self.plan_batches(&windows) {
             let batch: Vec<&Window> = idx.iter().map(|&i| &windows[i]).collect();
             for (&wi, e) in idx.iter().zip(self.run_batch(&batch, seq)?) {
@@ -253,14 +306,15 @@ impl Encoder {
             })
             .collect();
         for (w, r) in windows.iter().zip(results) {
-            let (pooled, tokens) = r.expect("every window ran");
+            let r = r.expect("every window ran");
             let o = &mut out[w.text];
             let weight = (w.ids.len() + 2) as f32;
-            for (a, b) in o.pooled.iter_mut().zip(&pooled) {
+            for (a, b) in o.pooled.iter_mut().zip(&r.pooled) {
                 *a += weight * b;
             }
-            o.n_tokens += tokens.len() / dim;
-            o.tokens.extend_from_slice(&tokens);
+            o.n_tokens += r.rows.len() / dim;
+            o.tokens.extend_from_slice(&r.rows);
+            o.layer_rows.extend_from_slice(&r.layer_rows);
             o.n_windows += 1;
         }
         for (o, off) in out.iter_mut().zip(offsets) {
@@ -272,26 +326,42 @@ impl Encoder {
         Ok(out)
     }
 
-    /// Runs one padded batch; returns (pooled, normalised word-piece rows) per window.
-    fn run_batch(&mut self, batch: &[&Window], seq: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    /// Runs one padded batch; returns each window's pooled embedding and normalised
+    /// word-piece rows (token and feature layers).
+    fn run_batch(&mut self, batch: &[&Window], seq: usize) -> Result<Vec<WindowOut>> {
         let dim = self.manifest.dim;
-        let raw = self.run_raw(batch, seq)?;
+        let lw = self.feature_layers.len() * dim;
+        let raw = self.run_raw(batch, seq, true)?;
+        // Drop [CLS] and [SEP]: late interaction and the tagger look at word pieces.
+        let inner = |rows: Vec<f32>, width: usize| {
+            let mut t = rows[width..rows.len() - width].to_vec();
+            for row in t.chunks_mut(dim) {
+                normalize(row);
+            }
+            t
+        };
         Ok(raw
             .into_iter()
-            .map(|(pooled, rows)| {
-                // Drop [CLS] and [SEP]: late interaction compares word pieces.
-                let mut t = rows[dim..rows.len() - dim].to_vec();
-                for row in t.chunks_mut(dim) {
-                    normalize(row);
-                }
-                (pooled, t)
+            .map(|w| WindowOut {
+                pooled: w.pooled,
+                rows: inner(w.rows, dim),
+                layer_rows: if lw == 0 {
+                    vec![]
+                } else {
+                    inner(w.layer_rows, lw)
+                },
             })
             .collect())
     }
 
-    /// Runs one padded batch; returns (pooled, raw last hidden states of `[CLS] ids [SEP]`)
-    /// per window.
-    fn run_raw(&mut self, batch: &[&Window], seq: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    /// Runs one padded batch; returns each window's pooled embedding and raw hidden states
+    /// of `[CLS] ids [SEP]` (last layer, then the feature layers when `with_layers`).
+    fn run_raw(
+        &mut self,
+        batch: &[&Window],
+        seq: usize,
+        with_layers: bool,
+    ) -> Result<Vec<WindowOut>> {
         let dim = self.manifest.dim;
         let b = batch.len();
         let mut ids = vec![self.pad as i64; b * seq];
@@ -326,15 +396,37 @@ impl Encoder {
                 "graph outputs have shapes {tshape:?} and {pshape:?}; the manifest says dim {dim}"
             )));
         }
+        let mut layers = Vec::with_capacity(self.feature_layers.len());
+        for &l in self.feature_layers.iter().filter(|_| with_layers) {
+            let (shape, rows) = outputs[graph::output_hidden(l).as_str()]
+                .try_extract_tensor::<f32>()
+                .map_err(rt)?;
+            if shape[..] != tshape[..] {
+                return Err(ModelError::Runtime(format!(
+                    "graph output {} has shape {shape:?}, the token embeddings {tshape:?}",
+                    graph::output_hidden(l)
+                )));
+            }
+            layers.push(rows);
+        }
         let out = batch
             .iter()
             .enumerate()
             .map(|(r, w)| {
                 let base = r * seq * dim;
-                (
-                    pooled[r * dim..(r + 1) * dim].to_vec(),
-                    tokens[base..base + (w.ids.len() + 2) * dim].to_vec(),
-                )
+                let n = w.ids.len() + 2;
+                let mut layer_rows = Vec::with_capacity(n * layers.len() * dim);
+                for t in 0..n {
+                    let at = base + t * dim;
+                    for rows in &layers {
+                        layer_rows.extend_from_slice(&rows[at..at + dim]);
+                    }
+                }
+                WindowOut {
+                    pooled: pooled[r * dim..(r + 1) * dim].to_vec(),
+                    rows: tokens[base..base + n * dim].to_vec(),
+                    layer_rows,
+                }
             })
             .collect();
         crate::telemetry::encode_batch(b, b * seq, started.elapsed());
@@ -361,8 +453,8 @@ impl Encoder {
         let mut out = vec![Vec::new(); windows.len()];
         for (idx, seq) in self.plan_batches(&windows) {
             let batch: Vec<&Window> = idx.iter().map(|&i| &windows[i]).collect();
-            for (&i, (_, rows)) in idx.iter().zip(self.run_raw(&batch, seq)?) {
-                out[i] = rows;
+            for (&i, w) in idx.iter().zip(self.run_raw(&batch, seq, false)?) {
+                out[i] = w.rows;
             }
         }
         Ok(out)

@@ -81,6 +81,7 @@ pub fn train_and_attach(
         "seed": opts.seed,
         "sentence_context": opts.sentence_context,
         "context": opts.context,
+        "layers": opts.layers,
         "training": report,
         "dev_sentences": dev_set.len(),
         "dev_spans": dev_scores,
@@ -93,6 +94,7 @@ pub fn train_and_attach(
         hidden: opts.hidden,
         sentence_context: head.sentence_context(),
         context: head.context(),
+        layers: opts.layers.clone(),
         sentence_gate: (head.gate.is_some() && head.gate_threshold > 0.0)
             .then_some(head.gate_threshold),
         threshold: head.threshold,

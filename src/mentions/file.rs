@@ -30,8 +30,16 @@ impl MentionHead {
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect())
         };
-        let mut h = MentionHead::new(dim, spec.hidden, get(W1)?, get(B1)?, get(W2)?, get(B2)?)
-            .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))?;
+        let mut h = MentionHead::new(
+            dim,
+            spec.layers.len(),
+            spec.hidden,
+            get(W1)?,
+            get(B1)?,
+            get(W2)?,
+            get(B2)?,
+        )
+        .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))?;
         if h.sentence != spec.sentence_context {
             return Err(ModelError::Weights(format!(
                 "{}: the weights {} the sentence embedding but the manifest says \
@@ -81,7 +89,7 @@ impl MentionHead {
 
     /// The weights as named f32 tensors `(name, shape, values)`, for writing.
     pub fn tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
-        let width = Self::feature_width(self.dim, self.context, self.sentence);
+        let width = Self::feature_width(self.dim, self.layers, self.context, self.sentence);
         let mut v = vec![
             (W1, vec![width, self.hidden], &self.w1[..]),
             (B1, vec![self.hidden], &self.b1[..]),

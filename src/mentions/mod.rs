@@ -1,7 +1,10 @@
 //! Skill and knowledge mentions: which word spans of a sentence name a skill at all.
 //!
 //! A small tagger over the encoder's own (L2-normalised) token embeddings: each token's
-//! features are its embedding and its two neighbours', a hidden layer of `hidden` ReLU units,
+//! features are its embedding, its hidden states in some earlier layers
+//! ([`MentionSpec::layers`]: a frozen ranking model's last layer keeps little of where a
+//! phrase starts and ends, the middle layers keep more), and the same of its two neighbours;
+//! a hidden layer of `hidden` ReLU units,
 //! and two independent BIO softmaxes, one for skill spans and one for knowledge spans (as
 //! SkillSpan annotates them; the two may overlap). One encoder pass gives the embeddings and,
 //! through this head, the mentions; the head ships in the model directory
@@ -55,6 +58,11 @@ pub struct MentionSpec {
     /// Neighbouring tokens either side of a token that its features include.
     #[serde(default = "default_context")]
     pub context: usize,
+    /// Earlier encoder layers (1-based, below the last) whose hidden states, L2-normalised,
+    /// join each token's features before its final embedding. Empty: the final embedding
+    /// only (heads trained before this field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<usize>,
     /// Sentences whose gate probability (a logistic model on the sentence's pooled
     /// embedding: "does this line name a skill at all?") is below this get no mention.
     /// `None`: no gate (the file then need not hold one).
@@ -101,12 +109,15 @@ pub struct Mention {
 #[derive(Debug, Clone)]
 pub struct MentionHead {
     dim: usize,
+    /// Earlier layers in each token's features (see [`MentionSpec::layers`]).
+    layers: usize,
     hidden: usize,
     /// Features end with the sentence's pooled embedding (see [`MentionSpec::sentence_context`]).
     sentence: bool,
     /// Tokens either side of a token that its features include.
     context: usize,
-    /// `[(2·context+1)·dim, hidden]`, plus `dim` rows for the sentence when `sentence`.
+    /// `[(2·context+1)·(layers+1)·dim, hidden]`, plus `dim` rows for the sentence when
+    /// `sentence`; each token's block holds its `layers` earlier rows, then its final row.
     w1: Vec<f32>,
     b1: Vec<f32>,
     /// `[hidden, N_LOGITS]`.
@@ -139,16 +150,18 @@ pub const GATE_W: &str = "mentions.gate_w";
 pub const GATE_B: &str = "mentions.gate_b";
 
 impl MentionHead {
-    /// Width of the feature rows: the token and `context` neighbours either side, plus the
-    /// sentence when `sentence`.
-    pub fn feature_width(dim: usize, context: usize, sentence: bool) -> usize {
-        (2 * context + 1 + sentence as usize) * dim
+    /// Width of the feature rows: the token and `context` neighbours either side, each with
+    /// `layers` earlier rows, plus the sentence when `sentence`.
+    pub fn feature_width(dim: usize, layers: usize, context: usize, sentence: bool) -> usize {
+        (2 * context + 1) * (layers + 1) * dim + sentence as usize * dim
     }
 
     /// A head from its weights (shapes are checked). `w1` holds `2·context + 1` token blocks
-    /// of `dim` rows, plus one for the sentence's pooled embedding when their count is even.
+    /// of `(layers + 1)·dim` rows, plus `dim` rows for the sentence's pooled embedding when
+    /// the token blocks alone cannot fill it.
     pub fn new(
         dim: usize,
+        layers: usize,
         hidden: usize,
         w1: Vec<f32>,
         b1: Vec<f32>,
@@ -156,10 +169,14 @@ impl MentionHead {
         b2: Vec<f32>,
     ) -> Result<Self> {
         let blocks = w1.len().checked_div(dim * hidden).unwrap_or(0);
-        let sentence = blocks >= 4 && blocks.is_multiple_of(2);
-        let context = blocks.saturating_sub(1 + sentence as usize) / 2;
-        let width = Self::feature_width(dim, context, sentence);
-        if blocks < 3
+        // Token blocks come in an odd count of (layers + 1)·dim rows; one more dim-block is
+        // the sentence (the two readings never fit the same count).
+        let per = layers + 1;
+        let odd = |b: usize| b > 0 && b.is_multiple_of(per) && (b / per) % 2 == 1;
+        let sentence = !odd(blocks) && blocks > 0 && odd(blocks - 1);
+        let context = (blocks.saturating_sub(sentence as usize) / per).saturating_sub(1) / 2;
+        let width = Self::feature_width(dim, layers, context, sentence);
+        if blocks < per
             || w1.len() != width * hidden
             || b1.len() != hidden
             || w2.len() != hidden * N_LOGITS
@@ -179,6 +196,7 @@ impl MentionHead {
         }
         Ok(MentionHead {
             dim,
+            layers,
             hidden,
             context,
             sentence,
@@ -221,21 +239,55 @@ impl MentionHead {
         self.sentence
     }
 
-    /// Per-token probabilities `[n, 6]` of a text's token rows and pooled embedding:
-    /// skill O/B/I, knowledge O/B/I.
-    pub fn probabilities(&self, tokens: &[f32], n: usize, pooled: &[f32]) -> Vec<f32> {
-        let (d, h) = (self.dim, self.hidden);
-        if n == 0 || tokens.len() != n * d || (self.sentence && pooled.len() != d) {
+    /// How many earlier layers each token's features hold.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// Per-token probabilities `[n, 6]` of a text's embedding: skill O/B/I, knowledge O/B/I.
+    /// Empty when the embedding lacks the rows the head reads (the encoder was not given
+    /// the head's layers).
+    pub fn probabilities(&self, emb: &TextEmbedding) -> Vec<f32> {
+        let (d, h, n) = (self.dim, self.hidden, emb.n_tokens);
+        let lw = self.layers * d;
+        let pooled = &emb.pooled;
+        if n == 0
+            || emb.tokens.len() != n * d
+            || emb.layer_rows.len() != n * lw
+            || (self.sentence && pooled.len() != d)
+        {
+            if n > 0 {
+                tracing::warn!(
+                    rows = emb.layer_rows.len(),
+                    want = n * lw,
+                    "the embedding lacks the layer rows the mention tagger reads: no mentions"
+                );
+            }
             return vec![];
         }
+        // Each token's block: its earlier layers' rows, then its final row.
+        let td = lw + d;
+        let joined;
+        let tokens: &[f32] = if lw == 0 {
+            &emb.tokens
+        } else {
+            let mut v = Vec::with_capacity(n * td);
+            for i in 0..n {
+                v.extend_from_slice(&emb.layer_rows[i * lw..(i + 1) * lw]);
+                v.extend_from_slice(&emb.tokens[i * d..(i + 1) * d]);
+            }
+            joined = v;
+            &joined
+        };
         // W1 x for the concatenated features splits into one product per neighbour:
         // P = E · [W1_prev | W1_self | W1_next] computed once, then shifted and summed.
-        let e = ndarray::ArrayView2::from_shape((n, d), tokens).expect("n × dim rows");
+        let e = ndarray::ArrayView2::from_shape((n, td), tokens).expect("n × width rows");
         let mut hid = ndarray::Array2::<f32>::zeros((n, h));
         let c = self.context as isize;
         for (j, off) in (-c..=c).enumerate() {
-            let w = ndarray::ArrayView2::from_shape((d, h), &self.w1[j * d * h..(j + 1) * d * h])
-                .expect("block shape");
+            let w =
+                ndarray::ArrayView2::from_shape((td, h), &self.w1[j * td * h..(j + 1) * td * h])
+                    .expect("block shape");
             let p = e.dot(&w);
             for i in 0..n {
                 let src = i as isize + off;
@@ -249,8 +301,8 @@ impl MentionHead {
         // The sentence's block is one product shared by every token: a bias per sentence.
         let mut bias = self.b1.clone();
         if self.sentence {
-            let j = 2 * self.context + 1;
-            let w = ndarray::ArrayView2::from_shape((d, h), &self.w1[j * d * h..(j + 1) * d * h])
+            let at = (2 * self.context + 1) * td * h;
+            let w = ndarray::ArrayView2::from_shape((d, h), &self.w1[at..at + d * h])
                 .expect("block shape");
             let s = ndarray::ArrayView1::from(pooled).dot(&w);
             bias.iter_mut().zip(s.iter()).for_each(|(b, x)| *b += x);
@@ -277,7 +329,7 @@ impl MentionHead {
     /// Detects the mentions of `text`, whose embedding is `emb`; at most `max` of them,
     /// the most confident kept, returned in text order.
     pub fn detect(&self, text: &str, emb: &TextEmbedding, max: usize) -> Vec<Mention> {
-        let probs = self.probabilities(&emb.tokens, emb.n_tokens, &emb.pooled);
+        let probs = self.probabilities(emb);
         if probs.is_empty() || emb.offsets.len() != emb.n_tokens {
             return vec![];
         }
@@ -376,6 +428,7 @@ pub fn span_embedding(emb: &TextEmbedding, tokens: (usize, usize)) -> TextEmbedd
         n_tokens: b - a,
         n_windows: 1,
         offsets: emb.offsets[a..b].to_vec(),
+        layer_rows: vec![],
     }
 }
 

@@ -10,7 +10,7 @@ fn head(dim: usize) -> MentionHead {
     let mut w2 = vec![0.0; N_LOGITS];
     w2[1] = 1.0; // skill B
     let b2 = vec![2.0, 0.0, 0.0, 2.0, 0.0, 0.0];
-    MentionHead::new(dim, 1, w1, vec![0.0], w2, b2).unwrap()
+    MentionHead::new(dim, 0, 1, w1, vec![0.0], w2, b2).unwrap()
 }
 
 #[test]
@@ -25,6 +25,7 @@ fn detect_maps_tokens_to_words_and_bounds_the_count() {
         n_tokens: 4,
         n_windows: 1,
         offsets: vec![(0, 4), (5, 8), (9, 11), (11, 13)],
+        ..Default::default()
     };
     let h = head(dim);
     let m = h.detect(text, &emb, 10);
@@ -46,9 +47,11 @@ fn detect_maps_tokens_to_words_and_bounds_the_count() {
     assert!(gated.gate_probability(&emb.pooled) < 0.01);
     assert!(gated.detect(text, &emb, 10).is_empty());
     assert!(gated.tensors().iter().any(|(n, _, _)| *n == GATE_W));
-    let wrong = MentionHead::new(3, 1, vec![0.0; 9], vec![0.0], vec![0.0; 6], vec![0.0; 6]);
+    let wrong = MentionHead::new(3, 0, 1, vec![0.0; 9], vec![0.0], vec![0.0; 6], vec![0.0; 6]);
     assert!(wrong.is_ok());
-    assert!(MentionHead::new(3, 2, vec![0.0; 9], vec![0.0], vec![0.0; 6], vec![0.0; 6]).is_err());
+    assert!(
+        MentionHead::new(3, 0, 2, vec![0.0; 9], vec![0.0], vec![0.0; 6], vec![0.0; 6]).is_err()
+    );
 }
 
 #[test]
@@ -59,18 +62,65 @@ fn the_window_width_follows_the_weights_and_reaches_far_neighbours() {
     w1[4 * dim] = 10.0;
     let (mut w2, b2) = (vec![0.0; N_LOGITS], vec![2.0, 0.0, 0.0, 2.0, 0.0, 0.0]);
     w2[1] = 1.0;
-    let h = MentionHead::new(dim, 1, w1.clone(), vec![0.0], w2.clone(), b2.clone()).unwrap();
+    let h = MentionHead::new(dim, 0, 1, w1.clone(), vec![0.0], w2.clone(), b2.clone()).unwrap();
     assert_eq!((h.context(), h.sentence_context()), (2, false));
     // Only token 2 has feature 0 set, so only token 0 (two before it) leans to B.
     let rows = [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0];
-    let p = h.probabilities(&rows, 4, &[1.0, 0.0]);
+    let emb = TextEmbedding {
+        pooled: vec![1.0, 0.0],
+        tokens: rows.to_vec(),
+        n_tokens: 4,
+        ..Default::default()
+    };
+    let p = h.probabilities(&emb);
     let b: Vec<bool> = (0..4).map(|i| p[i * N_LOGITS + 1] > 0.5).collect();
     assert_eq!(b, vec![true, false, false, false]);
     // Six blocks: context 2 and the sentence; its file tensors keep that shape.
     w1.extend([0.0; 2]);
-    let hs = MentionHead::new(dim, 1, w1, vec![0.0], w2, b2).unwrap();
+    let hs = MentionHead::new(dim, 0, 1, w1, vec![0.0], w2, b2).unwrap();
     assert_eq!((hs.context(), hs.sentence_context()), (2, true));
     assert_eq!(hs.tensors()[0].1, vec![6 * dim, 1]);
+}
+
+#[test]
+fn a_head_reads_each_tokens_earlier_layers_before_its_final_row() {
+    let dim = 2;
+    // One earlier layer: token blocks of 2·dim, context 1. The unit fires on feature 0 of
+    // the token's own earlier-layer row (self block starts at 2·dim).
+    let td = 2 * dim;
+    let mut w1 = vec![0.0; 3 * td];
+    w1[td] = 10.0;
+    let (mut w2, b2) = (vec![0.0; N_LOGITS], vec![2.0, 0.0, 0.0, 2.0, 0.0, 0.0]);
+    w2[1] = 1.0;
+    let h = MentionHead::new(dim, 1, 1, w1.clone(), vec![0.0], w2.clone(), b2.clone()).unwrap();
+    assert_eq!(
+        (h.layers(), h.context(), h.sentence_context()),
+        (1, 1, false)
+    );
+    assert_eq!(h.tensors()[0].1, vec![3 * td, 1]);
+    // Final rows all fire feature 0; only token 1's earlier row does.
+    let emb = TextEmbedding {
+        pooled: vec![1.0, 0.0],
+        tokens: vec![1.0, 0.0, 1.0, 0.0, 1.0, 0.0],
+        n_tokens: 3,
+        layer_rows: vec![0.0, 1.0, 1.0, 0.0, 0.0, 1.0],
+        ..Default::default()
+    };
+    let p = h.probabilities(&emb);
+    let b: Vec<bool> = (0..3).map(|i| p[i * N_LOGITS + 1] > 0.5).collect();
+    assert_eq!(b, vec![false, true, false]);
+    // An embedding without the earlier rows gives no probabilities rather than wrong ones.
+    let bare = TextEmbedding {
+        layer_rows: vec![],
+        ..emb.clone()
+    };
+    assert!(h.probabilities(&bare).is_empty());
+    // The same weights plus a sentence block read as context 1 with the sentence.
+    w1.extend([0.0; 2]);
+    let hs = MentionHead::new(dim, 1, 1, w1, vec![0.0], w2.clone(), b2.clone()).unwrap();
+    assert_eq!((hs.context(), hs.sentence_context()), (1, true));
+    // A width that is neither is refused.
+    assert!(MentionHead::new(dim, 1, 1, vec![0.0; 2 * td], vec![0.0], w2, b2).is_err());
 }
 
 #[test]
@@ -81,6 +131,7 @@ fn span_embedding_is_the_normalised_mean_of_its_rows() {
         n_tokens: 3,
         n_windows: 1,
         offsets: vec![(0, 1), (2, 3), (4, 5)],
+        ..Default::default()
     };
     let s = span_embedding(&emb, (0, 2));
     let r = std::f32::consts::FRAC_1_SQRT_2;

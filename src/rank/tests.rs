@@ -57,6 +57,7 @@ fn attend_ranks_each_named_skill_above_their_blend() {
         n_tokens: 2,
         n_windows: 1,
         offsets: vec![(0, 1), (2, 3)],
+        layer_rows: vec![],
     };
     let pooled = rank(&s, &q, 3, ScorerSpec::Pooled);
     assert_eq!(pooled[0].index, 2, "pooled: the blend first");
@@ -140,6 +141,7 @@ fn one_token(v: Vec<f32>) -> TextEmbedding {
         n_tokens: 1,
         n_windows: 1,
         offsets: vec![(0, 1)],
+        layer_rows: vec![],
     }
 }
 

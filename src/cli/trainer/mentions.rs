@@ -37,6 +37,10 @@ pub(crate) struct MentionsArgs {
     /// Neighbouring tokens either side of a token that its features include.
     #[arg(long, default_value_t = crate::mentions::CONTEXT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4))]
     context: usize,
+    /// Earlier encoder layers (1-based, comma-separated) whose hidden states join each
+    /// token's final embedding in the tagger's features; `none` for the final layer alone.
+    #[arg(long, default_value = "4,5", value_parser = parse_layers)]
+    layers: Layers,
     /// Lowest score of a mention's top label that is kept (see `uwe-connect eval --postings`).
     #[arg(long, default_value_t = 0.5)]
     label_threshold: f32,
@@ -65,6 +69,7 @@ pub(crate) fn run(a: MentionsArgs) -> anyhow::Result<()> {
         context,
         label_threshold,
         holdout_fold,
+        layers,
         threads,
     } = a;
     let ecfg = EncoderConfig {
@@ -85,6 +90,7 @@ pub(crate) fn run(a: MentionsArgs) -> anyhow::Result<()> {
         sentence_context,
         context,
         holdout_fold,
+        layers: layers.0,
     };
     let report = mtrain::train_and_attach(
         &model,
@@ -97,4 +103,26 @@ pub(crate) fn run(a: MentionsArgs) -> anyhow::Result<()> {
     )?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// A list of layer numbers (`--layers`).
+#[derive(Debug, Clone)]
+struct Layers(Vec<usize>);
+
+fn parse_layers(s: &str) -> Result<Layers, String> {
+    if s.trim() == "none" {
+        return Ok(Layers(vec![]));
+    }
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&l| l > 0)
+                .ok_or_else(|| {
+                    format!("{x:?} is not a layer number (1, 2, ...); use e.g. 4,5 or none")
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Layers)
 }

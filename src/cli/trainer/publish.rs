@@ -98,6 +98,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
                 hidden: spec.hidden,
                 sentence_context: spec.sentence_context,
                 context: spec.context,
+                layers: spec.layers.clone(),
                 ..Default::default()
             };
             let sk = data_dir.join("skillspan");

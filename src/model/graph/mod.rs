@@ -5,8 +5,11 @@
 //! weights from the trainer are written by building the graph again from the new file.
 //!
 //! Inputs: `input_ids` and `attention_mask`, both `int64 [batch, seq]`.
-//! Outputs: `token_embeddings` (`float [batch, seq, hidden]`, last hidden state) and
-//! `sentence_embedding` (`float [batch, hidden]`, masked mean, L2-normalised).
+//! Outputs: `token_embeddings` (`float [batch, seq, hidden]`, last hidden state),
+//! `sentence_embedding` (`float [batch, hidden]`, masked mean, L2-normalised), and
+//! `hidden_state_1` … `hidden_state_{L-1}` (`float [batch, seq, hidden]`, the output of each
+//! earlier layer: the mention tagger reads some of them, see
+//! [`crate::mentions::MentionSpec::layers`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -27,6 +30,12 @@ pub const OPSET: i64 = 17;
 pub const OUTPUT_TOKENS: &str = "token_embeddings";
 /// Name of the pooled-embedding output.
 pub const OUTPUT_POOLED: &str = "sentence_embedding";
+
+/// Name of the output holding layer `layer`'s hidden states (1-based; the last layer's are
+/// [`OUTPUT_TOKENS`]).
+pub fn output_hidden(layer: usize) -> String {
+    format!("hidden_state_{layer}")
+}
 
 /// The fields of a Hugging Face BERT `config.json` that shape the graph.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
@@ -267,7 +276,14 @@ pub fn build_bert_onnx(
     let half = b.const_f32(&[0.5], &[]);
     let sqrt2 = b.const_f32(&[std::f32::consts::SQRT_2], &[]);
 
+    let mut hidden_outputs = Vec::new();
     for l in 0..cfg.num_hidden_layers {
+        if l > 0 {
+            // The previous layer's output: features of the mention tagger.
+            let name = output_hidden(l);
+            b.op_named("Identity", &[&x], vec![], &name);
+            hidden_outputs.push(name);
+        }
         let p = format!("encoder.layer.{l}");
         let q = b.linear(&x, &format!("{p}.attention.self.query"), h, h)?;
         let k = b.linear(&x, &format!("{p}.attention.self.key"), h, h)?;
@@ -382,6 +398,13 @@ pub fn build_bert_onnx(
             &[Err("batch"), Ok(h as i64)],
         ),
     ];
+    for name in &hidden_outputs {
+        outputs.push(tensor_value(
+            name,
+            data_type::FLOAT,
+            &[Err("batch"), Err("seq"), Ok(h as i64)],
+        ));
+    }
     for (weight, value) in b.probes.take().unwrap_or_default() {
         let out = format!("{PROBE_PREFIX}{weight}");
         b.op_named("Identity", &[&value], vec![], &out);
