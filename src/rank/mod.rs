@@ -164,15 +164,17 @@ pub const ATTEND_POOLED_WEIGHT: f32 = 0.5;
 
 /// Token attention of the query rows `q` (unit length) to one concept's pooled vector `c`:
 /// `Σᵢ softmax_i(qᵢ·c / τ) · qᵢ·c`, the similarity of the query's words that match `c` best
-/// (τ → 0: the best single token; large τ: the mean token similarity).
-pub fn attend_score(q: &[f32], c: &[f32], tau: f32) -> f32 {
+/// (τ → 0: the best single token; large τ: the mean token similarity). `scratch` is reused
+/// across calls, as in [`late_score`]: this runs for every reranked concept.
+pub fn attend_score(q: &[f32], c: &[f32], tau: f32, scratch: &mut Vec<f32>) -> f32 {
     let dim = c.len();
     if dim == 0 || q.len() < dim {
         return 0.0;
     }
-    let sims: Vec<f32> = q.chunks_exact(dim).map(|qi| dot(qi, c)).collect();
-    let max = sims.iter().copied().fold(f32::MIN, f32::max);
-    softmax_mean(&sims, max, tau)
+    scratch.clear();
+    scratch.extend(q.chunks_exact(dim).map(|qi| dot(qi, c)));
+    let max = scratch.iter().copied().fold(f32::MIN, f32::max);
+    softmax_mean(scratch, max, tau)
 }
 
 /// Indices of the `k` largest scores, best first.
@@ -275,7 +277,7 @@ fn concept_score(
         } => {
             let c = s.pooled_of(i);
             pooled_weight * dot(c, &q.pooled)
-                + (1.0 - pooled_weight) * attend_score(&q.tokens, c, temperature)
+                + (1.0 - pooled_weight) * attend_score(&q.tokens, c, temperature, scratch)
         }
     };
     let mut best = (one(space, i, scratch), None);

@@ -32,16 +32,17 @@ fn attend_score_limits() {
     // Two query tokens, similarities 1 and 0 to the concept.
     let q = [1.0, 0.0, 0.0, 1.0];
     let c = [1.0, 0.0];
+    let s = &mut Vec::new();
     assert!(
-        (attend_score(&q, &c, 0.0) - 1.0).abs() < 1e-6,
+        (attend_score(&q, &c, 0.0, s) - 1.0).abs() < 1e-6,
         "τ = 0: best token"
     );
-    assert!((attend_score(&q, &c, 1e-3) - 1.0).abs() < 1e-4);
+    assert!((attend_score(&q, &c, 1e-3, s) - 1.0).abs() < 1e-4);
     assert!(
-        (attend_score(&q, &c, 1e6) - 0.5).abs() < 1e-4,
+        (attend_score(&q, &c, 1e6, s) - 0.5).abs() < 1e-4,
         "large τ: mean"
     );
-    assert_eq!(attend_score(&[], &c, 0.02), 0.0, "no tokens");
+    assert_eq!(attend_score(&[], &c, 0.02, s), 0.0, "no tokens");
 }
 
 /// A sentence naming two skills: its pooled vector lies between them and is closest to a

@@ -39,7 +39,7 @@ pub(crate) struct MentionsArgs {
     context: usize,
     /// Earlier encoder layers (1-based, comma-separated) whose hidden states join each
     /// token's final embedding in the tagger's features; `none` for the final layer alone.
-    #[arg(long, default_value = "4,5", value_parser = parse_layers)]
+    #[arg(long, default_value_t = Layers(mtrain::LAYERS.to_vec()), value_parser = parse_layers)]
     layers: Layers,
     /// Lowest score of a mention's top label that is kept (see `uwe-connect eval --postings`).
     #[arg(long, default_value_t = 0.5)]
@@ -108,6 +108,16 @@ pub(crate) fn run(a: MentionsArgs) -> anyhow::Result<()> {
 /// A list of layer numbers (`--layers`).
 #[derive(Debug, Clone)]
 struct Layers(Vec<usize>);
+
+impl std::fmt::Display for Layers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let v: Vec<String> = self.0.iter().map(|l| l.to_string()).collect();
+        f.write_str(&v.join(","))
+    }
+}
 
 fn parse_layers(s: &str) -> Result<Layers, String> {
     if s.trim() == "none" {
