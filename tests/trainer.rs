@@ -48,10 +48,7 @@ fn tiny_run(what: Trained, lr: f64) {
         steps: 40,
         lr,
         warmup: 5,
-        objective: head::Objective {
-            late_temperature: 0.05,
-            nce_temperature: 0.05,
-        },
+        objective: head::Objective::late_and_pooled(0.05, 0.05),
         seed: 7,
         checkpoint_dir: None,
         checkpoint_every: 0,

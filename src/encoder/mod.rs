@@ -109,6 +109,26 @@ pub struct Encoder {
     precision: Precision,
     /// Earlier layers (1-based) whose hidden states each text's embedding carries.
     feature_layers: Vec<usize>,
+    /// Run options fetching only the token and pooled outputs, and those plus the feature
+    /// layers: ONNX Runtime otherwise copies out every graph output, five hidden states
+    /// included, for target spaces and trainer passes that read none of them.
+    run_plain: ort::session::RunOptions<ort::session::HasSelectedOutputs>,
+    run_layers: ort::session::RunOptions<ort::session::HasSelectedOutputs>,
+}
+
+/// Run options that fetch the token and pooled outputs and the hidden states of `layers`.
+fn run_options(
+    layers: &[usize],
+) -> Result<ort::session::RunOptions<ort::session::HasSelectedOutputs>> {
+    let mut sel = ort::session::OutputSelector::no_default()
+        .with(graph::OUTPUT_TOKENS)
+        .with(graph::OUTPUT_POOLED);
+    for &l in layers {
+        sel = sel.with(graph::output_hidden(l));
+    }
+    Ok(ort::session::RunOptions::new()
+        .map_err(|e| ModelError::Runtime(e.to_string()))?
+        .with_outputs(sel))
 }
 
 /// One window's outputs: pooled embedding, token rows and the feature layers' rows, each
@@ -171,6 +191,8 @@ impl Encoder {
             device,
             precision,
             feature_layers: vec![],
+            run_plain: run_options(&[])?,
+            run_layers: run_options(&[])?,
         };
         let layers = enc
             .manifest
@@ -204,6 +226,7 @@ impl Encoder {
                 )));
             }
         }
+        self.run_layers = run_options(layers)?;
         self.feature_layers = layers.to_vec();
         if let Some(c) = &self.cache {
             c.invalidate_all();
@@ -381,9 +404,17 @@ impl Encoder {
             ort::value::Tensor::from_array((vec![b as i64, seq as i64], ids)).map_err(rt)?;
         let mask_t =
             ort::value::Tensor::from_array((vec![b as i64, seq as i64], mask)).map_err(rt)?;
+        let opts = if with_layers && !self.feature_layers.is_empty() {
+            &self.run_layers
+        } else {
+            &self.run_plain
+        };
         let outputs = self
             .session
-            .run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t])
+            .run_with_options(
+                ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t],
+                opts,
+            )
             .map_err(rt)?;
         let (tshape, tokens) = outputs[graph::OUTPUT_TOKENS]
             .try_extract_tensor::<f32>()

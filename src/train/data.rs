@@ -424,6 +424,28 @@ pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
         }
     }
     out.retain(|p| !p.query.trim().is_empty());
+    if spec.pseudo_labels.is_some() {
+        // Employers repeat boilerplate, so some SkillSpan training sentences recur word for
+        // word among the gate's skill dev sentences (28 of the shipped pseudo-labels): trained
+        // on, they would inflate the gate's figures.
+        let dev = dev_skill_queries(data_dir)?;
+        out.retain(|p| p.source != "skillspan_pseudo" || !dev.contains(p.query.trim()));
+    }
+    Ok(out)
+}
+
+/// The query texts of the gate's skill dev tasks that exist under `data_dir`.
+fn dev_skill_queries(data_dir: &Path) -> Result<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::new();
+    for t in crate::train::default_dev_tasks(data_dir) {
+        if t.space == "esco-skills" && t.tasks.is_file() {
+            out.extend(
+                crate::eval::read_tasks(&t.tasks)?
+                    .into_iter()
+                    .map(|q| q.query.trim().to_string()),
+            );
+        }
+    }
     Ok(out)
 }
 

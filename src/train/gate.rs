@@ -42,12 +42,14 @@ pub fn default_dev_tasks(data_dir: &Path) -> Vec<DevTask> {
     .collect()
 }
 
-/// Scores of a model on the dev tasks, by task name, with the scorer given.
+/// Scores of a model on the dev tasks, by task name, each task ranked with
+/// `scorer(space)`: the scorer the model serves the task's space with
+/// ([`crate::model::Manifest::scorer_for`]), or one scorer for all (`|_| spec`).
 pub fn dev_scores(
     dir: &ModelDir,
     cfg: &EncoderConfig,
     tasks: &[DevTask],
-    scorer: ScorerSpec,
+    scorer: &dyn Fn(&str) -> ScorerSpec,
     data_dir: &Path,
     cache_dir: &Path,
 ) -> Result<BTreeMap<String, Report>> {
@@ -71,7 +73,7 @@ pub fn dev_scores(
             &mut enc,
             &spaces[&key],
             &eval::read_tasks(&t.tasks)?,
-            scorer,
+            scorer(&t.space),
             false,
         )?;
         out.insert(t.name.clone(), r);

@@ -21,13 +21,41 @@ pub struct Hidden {
     pub n: usize,
 }
 
-/// Objective settings.
+/// Objective settings: the InfoNCE is summed over the scorers the runtime may serve with.
+/// The pooled term is always there (pooled cosines rank first in every scorer).
 #[derive(Debug, Clone, Copy)]
 pub struct Objective {
     /// Softmax temperature of the soft late interaction (the manifest's τ).
     pub late_temperature: f32,
     /// Temperature of the InfoNCE logits.
     pub nce_temperature: f32,
+    /// Whether the loss has a term on soft late-interaction scores.
+    pub late: bool,
+    /// A term on the attend scorer's scores ([`crate::model::ScorerSpec::Attend`]), with
+    /// the temperature and blend it is served with: training with the objective a space is
+    /// ranked by (ConTeXT-match trains its token attention so).
+    pub attend: Option<AttendTerm>,
+}
+
+impl Objective {
+    /// The shipped recipe's objective: pooled and late terms.
+    pub fn late_and_pooled(late_temperature: f32, nce_temperature: f32) -> Self {
+        Objective {
+            late_temperature,
+            nce_temperature,
+            late: true,
+            attend: None,
+        }
+    }
+}
+
+/// The attend scorer's settings, as in [`crate::model::ScorerSpec::Attend`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttendTerm {
+    /// Softmax temperature over the query's tokens.
+    pub temperature: f32,
+    /// Weight of the pooled cosine in the blend.
+    pub pooled_weight: f32,
 }
 
 /// What a training run changes: a function from the frozen encoder's token states to the
@@ -188,6 +216,33 @@ pub fn late_scores(
     total.broadcast_div(&q_words.sum_keepdim(1)?.clamp(1.0, f64::MAX)?)
 }
 
+/// Attend scores `[bq, bt]`: each target's pooled vector `t` attends over the query's word
+/// rows, `Σᵢ softmax_i(qᵢ·t / τ) · qᵢ·t`, blended with the pooled cosine `qp·t` as the
+/// runtime's [`crate::rank::attend_score`] does.
+pub fn attend_scores(
+    q: &Tensor,
+    q_words: &Tensor,
+    q_pooled: &Tensor,
+    t_pooled: &Tensor,
+    term: AttendTerm,
+) -> candle_core::Result<Tensor> {
+    let (bq, lq, d) = q.dims3()?;
+    let bt = t_pooled.dim(0)?;
+    let sims = q
+        .reshape((bq * lq, d))?
+        .matmul(&t_pooled.t()?)?
+        .reshape((bq, lq, bt))?;
+    // Padding and special tokens of the query get no attention.
+    let neg = ((q_words.unsqueeze(2)? - 1.0)? * 1e4)?;
+    let z = (sims.broadcast_add(&neg)? / term.temperature as f64)?;
+    let max = z.max_keepdim(1)?.detach();
+    let e = z.broadcast_sub(&max)?.exp()?;
+    let attn = e.broadcast_div(&e.sum_keepdim(1)?)?;
+    let attend = attn.mul(&sims)?.sum(1)?; // [bq, bt]
+    let pooled = q_pooled.matmul(&t_pooled.t()?)?;
+    (pooled * term.pooled_weight as f64)? + (attend * (1.0 - term.pooled_weight) as f64)?
+}
+
 /// One batch's loss. Pairs `i` and `j` are positives of each other when they share their
 /// target (`target_ids`) or their query text (`query_ids`: a sentence naming several skills).
 pub fn batch_loss(
@@ -253,7 +308,6 @@ pub fn batch_loss_with_negatives(
     let (qp, qt) = pool(&model.forward(&qx, &qa)?, &qa)?;
     let (tp, tt) = pool(&model.forward(&tx, &ta)?, &ta)?;
     let pooled = qp.matmul(&tp.t()?)?; // [r, c]
-    let late = late_scores(&qt, &qw, &tt, &tw, obj.late_temperature)?;
 
     // Masks over the positive rows: other positives of a row are left out of its softmax.
     let mut mask = vec![0f32; b * c];
@@ -316,7 +370,14 @@ pub fn batch_loss_with_negatives(
         }
         Ok(loss)
     };
-    term(&late)? + term(&pooled)?
+    let mut loss = term(&pooled)?;
+    if obj.late {
+        loss = (loss + term(&late_scores(&qt, &qw, &tt, &tw, obj.late_temperature)?)?)?;
+    }
+    if let Some(a) = obj.attend {
+        loss = (loss + term(&attend_scores(&qt, &qw, &qp, &tp, a)?)?)?;
+    }
+    Ok(loss)
 }
 
 /// Row-wise log-sum-exp `[n, 1]` of logits `[n, c]`.
@@ -425,10 +486,7 @@ mod tests {
     #[test]
     fn rejected_labels_are_pushed_away_and_shared_ones_stay_masked() {
         let dim = 16;
-        let obj = Objective {
-            late_temperature: 0.05,
-            nce_temperature: 0.05,
-        };
+        let obj = Objective::late_and_pooled(0.05, 0.05);
         let q: Vec<Hidden> = (0..4).map(|i| hidden(i, 3, dim)).collect();
         let t: Vec<Hidden> = (10..14).map(|i| hidden(i, 2, dim)).collect();
         // Row 0's rejected label is a near-duplicate of its right one; a text with only a
@@ -530,5 +588,71 @@ mod tests {
             unmasked > with && with > without,
             "{unmasked} > {with} > {without}: a negative for row 0, masked for row 1"
         );
+    }
+
+    #[test]
+    fn attend_scores_are_the_runtimes_and_training_on_them_raises_them() {
+        let dim = 16;
+        let term = AttendTerm {
+            temperature: 0.02,
+            pooled_weight: 0.5,
+        };
+        // Queries of different lengths (padding must get no attention).
+        let q: Vec<Hidden> = [5, 2, 7, 3]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| hidden(i as u64, n, dim))
+            .collect();
+        let t: Vec<Hidden> = (10..14).map(|i| hidden(i, 2, dim)).collect();
+        let qr: Vec<&Hidden> = q.iter().collect();
+        let tr: Vec<&Hidden> = t.iter().collect();
+        let head = Head::new(dim).unwrap();
+        let scores = |head: &Head| -> (Vec<Vec<f32>>, Tensor, Tensor, Tensor, Tensor) {
+            let (qx, qa, qw) = pad(&qr, dim).unwrap();
+            let (tx, ta, _) = pad(&tr, dim).unwrap();
+            let (qp, qt) = pool(&head.forward(&qx, &qa).unwrap(), &qa).unwrap();
+            let (tp, _) = pool(&head.forward(&tx, &ta).unwrap(), &ta).unwrap();
+            let s = attend_scores(&qt, &qw, &qp, &tp, term).unwrap();
+            (s.to_vec2().unwrap(), qt, qp, tp, qw)
+        };
+        let (s, qt, qp, tp, _) = scores(&head);
+        let qt: Vec<Vec<Vec<f32>>> = qt.to_vec3().unwrap();
+        let qp: Vec<Vec<f32>> = qp.to_vec2().unwrap();
+        let tp: Vec<Vec<f32>> = tp.to_vec2().unwrap();
+        let mut scratch = Vec::new();
+        for (i, h) in q.iter().enumerate() {
+            // The runtime's rows: the word pieces only, without [CLS], [SEP] and padding.
+            let words: Vec<f32> = qt[i][1..h.n - 1].concat();
+            for (j, c) in tp.iter().enumerate() {
+                let cos: f32 = qp[i].iter().zip(c).map(|(a, b)| a * b).sum();
+                let want = term.pooled_weight * cos
+                    + (1.0 - term.pooled_weight)
+                        * crate::rank::attend_score(&words, c, term.temperature, &mut scratch);
+                assert!(
+                    (s[i][j] - want).abs() < 1e-4,
+                    "query {i}, target {j}: {} vs the runtime's {want}",
+                    s[i][j]
+                );
+            }
+        }
+        // The attend term alone (no late term) trains the diagonal up against the rest.
+        let obj = Objective {
+            late: false,
+            attend: Some(term),
+            ..Objective::late_and_pooled(0.05, 0.05)
+        };
+        let margin = |s: &[Vec<f32>]| -> f32 {
+            (0..4)
+                .map(|i| s[i][i] - (0..4).filter(|&j| j != i).map(|j| s[i][j]).sum::<f32>() / 3.0)
+                .sum::<f32>()
+        };
+        let before = margin(&s);
+        let mut opt = Trainer::new(&head, 5e-3, 1, 60).unwrap();
+        for step in 0..60 {
+            let loss = batch_loss(&head, &qr, &tr, &[0, 1, 2, 3], &[0, 1, 2, 3], obj).unwrap();
+            opt.step(&loss, step).unwrap();
+        }
+        let after = margin(&scores(&head).0);
+        assert!(after > before + 0.1, "diagonal margin {before} -> {after}");
     }
 }

@@ -116,25 +116,46 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
         }
         None => cand,
     };
+    // Each model is judged as it would serve: a space with its own scorer in the manifest
+    // (`target_scorers`, carried over to the candidate below) is ranked with it, the others
+    // with the default scorer. The candidate's default is its better one of late and pooled
+    // on the tasks the default serves.
+    let carried = cur_dir.manifest.target_scorers.clone();
     let cur_scores = train::dev_scores(
         &cur_dir,
         &ecfg,
         &tasks,
-        cur_dir.manifest.scorer,
+        &|space| cur_dir.manifest.scorer_for(space),
         &data_dir,
         &cache_dir,
     )?;
-    let cand_late = train::dev_scores(&cand, &ecfg, &tasks, late, &data_dir, &cache_dir)?;
+    let served = |default: ScorerSpec| {
+        let carried = carried.clone();
+        move |space: &str| carried.get(space).copied().unwrap_or(default)
+    };
+    let cand_late = train::dev_scores(&cand, &ecfg, &tasks, &served(late), &data_dir, &cache_dir)?;
     let cand_pooled = train::dev_scores(
         &cand,
         &ecfg,
         &tasks,
-        ScorerSpec::Pooled,
+        &served(ScorerSpec::Pooled),
         &data_dir,
         &cache_dir,
     )?;
+    let by_default = |s: &BTreeMap<String, crate::eval::Report>| -> f64 {
+        let on_default: Vec<f64> = tasks
+            .iter()
+            .filter(|t| !carried.contains_key(&t.space))
+            .map(|t| s[&t.name].map)
+            .collect();
+        if on_default.is_empty() {
+            mean_map(s)
+        } else {
+            on_default.iter().sum::<f64>() / on_default.len() as f64
+        }
+    };
     let by_scorer = serde_json::json!({"late": &cand_late, "pooled": &cand_pooled});
-    let (scorer, cand_scores) = if mean_map(&cand_late) >= mean_map(&cand_pooled) {
+    let (scorer, cand_scores) = if by_default(&cand_late) >= by_default(&cand_pooled) {
         (late, cand_late)
     } else {
         (ScorerSpec::Pooled, cand_pooled)
@@ -151,6 +172,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
         "candidate": cand_scores,
         "current_scores": cur_scores,
         "scorer": scorer,
+        "target_scorers": &carried,
         "candidate_by_scorer": by_scorer,
     });
     println!("{gate}");
@@ -169,7 +191,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
     m.scorer = scorer;
     // Per-space scorers are a choice about the spaces, not the weights: they carry over, so a
     // hot swap never silently changes how skills are scored.
-    m.target_scorers = cur_dir.manifest.target_scorers.clone();
+    m.target_scorers = carried;
     m.dev_scores = cand_scores
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap()))

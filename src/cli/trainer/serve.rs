@@ -668,10 +668,7 @@ fn retrain(
         steps: tr.steps,
         lr: tr.lr,
         warmup: tr.warmup,
-        objective: Objective {
-            late_temperature: tr.late_temperature,
-            nce_temperature: tr.nce_temperature,
-        },
+        objective: Objective::late_and_pooled(tr.late_temperature, tr.nce_temperature),
         seed: 42,
         checkpoint_dir: Some(ck),
         checkpoint_every: tr.checkpoint_every,

@@ -9,7 +9,9 @@ use anyhow::Context;
 use super::publish;
 use crate::encoder::{Device, EncoderConfig, PrecisionChoice};
 use crate::model::{self, ModelDir, ScorerSpec};
-use crate::train::{self, data, head::Objective, TrainSpec};
+use crate::rank;
+use crate::train::head::{AttendTerm, Objective};
+use crate::train::{self, data, TrainSpec};
 
 /// Arguments of `uwe-trainer train`.
 #[derive(clap::Args)]
@@ -49,6 +51,16 @@ pub(crate) struct TrainArgs {
     /// InfoNCE temperature.
     #[arg(long, default_value_t = 0.05)]
     nce_temperature: f32,
+    /// Terms of the InfoNCE beside the pooled one, which is always trained: `late` (the
+    /// shipped recipe), `attend` (the attend scorer at its default temperature and blend, as
+    /// `esco-skills` is served), both (`late,attend`), or `none`.
+    #[arg(long, default_value = "late", value_parser = parse_objective)]
+    objective: ObjectiveTerms,
+    /// Trained weights to start from instead of the base model's (a model directory's
+    /// `trained.safetensors`, for example the shipped model's): fine-tunes it. They must
+    /// be of the part `--train` names.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Real job-ad sentences with pseudo-labels, JSONL {"text", "label_id", ...}, from
     /// `uwe-trainer pseudo-label` (source `skillspan_pseudo`).
     #[arg(long)]
@@ -101,6 +113,36 @@ fn parse_trained(s: &str) -> Result<train::Trained, String> {
         .ok_or_else(|| format!("expected `head` or `layers:N` (N ≥ 1), got {s:?}"))
 }
 
+/// The loss terms `--objective` names.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ObjectiveTerms {
+    late: bool,
+    attend: bool,
+}
+
+fn parse_objective(s: &str) -> Result<ObjectiveTerms, String> {
+    let mut t = ObjectiveTerms {
+        late: false,
+        attend: false,
+    };
+    if s.trim() == "none" {
+        return Ok(t);
+    }
+    for term in s.split(',').map(str::trim) {
+        match term {
+            "late" => t.late = true,
+            "attend" => t.attend = true,
+            "pooled" => {}
+            _ => {
+                return Err(format!(
+                    "expected late, attend, both (late,attend) or none; {term:?} is not a term"
+                ))
+            }
+        }
+    }
+    Ok(t)
+}
+
 fn parse_repeat(s: &str) -> Result<(String, usize), String> {
     s.split_once('=')
         .and_then(|(src, n)| Some((src.trim().to_string(), n.trim().parse().ok()?)))
@@ -123,6 +165,8 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         warmup,
         temperature,
         nce_temperature,
+        objective: terms,
+        init,
         pseudo_labels,
         feedback,
         job_titles,
@@ -173,6 +217,16 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let (mut enc, trainable) =
         train::prepare(&base_dir, &base_files, trained, &ecfg, scratch.path())?;
+    if let Some(init) = &init {
+        let weights =
+            train::read_trained(init).with_context(|| format!("--init {}", init.display()))?;
+        trainable.restore(&weights).map_err(|e| {
+            anyhow::anyhow!(
+                "--init {}: {e}; the weights must be of the part --train {trained:?} names",
+                init.display()
+            )
+        })?;
+    }
 
     let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
     let mut dspec = data::DataSpec::without(&data_dir, &skip);
@@ -208,15 +262,20 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         train_pairs.len(),
         dev_pairs.len()
     );
+    let objective = Objective {
+        late: terms.late,
+        attend: terms.attend.then_some(AttendTerm {
+            temperature: rank::ATTEND_TEMPERATURE,
+            pooled_weight: rank::ATTEND_POOLED_WEIGHT,
+        }),
+        ..Objective::late_and_pooled(temperature, nce_temperature)
+    };
     let spec = TrainSpec {
         batch,
         steps,
         lr,
         warmup,
-        objective: Objective {
-            late_temperature: temperature,
-            nce_temperature,
-        },
+        objective,
         seed: 42,
         checkpoint_dir: checkpoint_dir.clone(),
         checkpoint_every,
@@ -252,9 +311,12 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         .map(|(src, n)| format!("{src}: {n} pairs"))
         .collect();
     training_data.push(format!(
-        "held out: {} pairs; repeated per epoch: {repeat:?}; trained: {trained:?}; {} steps x {batch} pairs, AdamW lr {lr}, warm-up {warmup}, late tau {temperature}, InfoNCE tau {nce_temperature}",
+        "held out: {} pairs; repeated per epoch: {repeat:?}; trained: {trained:?}{}; {} steps x {batch} pairs, AdamW lr {lr}, warm-up {warmup}, late tau {temperature}, InfoNCE tau {nce_temperature}, loss terms: pooled{}{}",
         dev_pairs.len(),
-        report.steps
+        init.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default(),
+        report.steps,
+        if terms.late { ", late" } else { "" },
+        if terms.attend { ", attend" } else { "" },
     ));
     let late = ScorerSpec::Late {
         temperature,
