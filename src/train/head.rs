@@ -56,6 +56,9 @@ pub struct AttendTerm {
     pub temperature: f32,
     /// Weight of the pooled cosine in the blend.
     pub pooled_weight: f32,
+    /// Only on batches whose targets are all skills, the space served with attend (job
+    /// titles and occupation names are ranked pooled, and keep the pooled term only).
+    pub skills_only: bool,
 }
 
 /// What a training run changes: a function from the frozen encoder's token states to the
@@ -596,6 +599,7 @@ mod tests {
         let term = AttendTerm {
             temperature: 0.02,
             pooled_weight: 0.5,
+            skills_only: false,
         };
         // Queries of different lengths (padding must get no attention).
         let q: Vec<Hidden> = [5, 2, 7, 3]

@@ -19,7 +19,7 @@ pub mod pseudo;
 
 pub use gate::{build_candidate, default_dev_tasks, dev_scores, DevTask};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -179,6 +179,8 @@ impl Rng {
 struct Batch {
     pairs: Vec<PairRef>,
     rejected_only: Vec<PairRef>,
+    /// Every target is a skill (for [`head::AttendTerm::skills_only`]).
+    skills: bool,
 }
 
 /// Hard negatives by query state (analysts' rejected labels).
@@ -225,13 +227,26 @@ fn loss_of(
         target_ids: &target_ids,
         positives: pairs.len(),
     };
+    let obj = match obj.attend {
+        Some(a) if a.skills_only && !batch.skills => Objective {
+            attend: None,
+            ..obj
+        },
+        _ => obj,
+    };
     head::batch_loss_with_negatives(model, &rows, &t, &negs, obj)
+}
+
+/// Whether a pair's target is an ESCO skill (by its concept URI).
+fn targets_skill(p: &Pair) -> bool {
+    p.target_id.contains("/skill/")
 }
 
 fn mean_loss(
     model: &dyn Trainable,
     states: &[Hidden],
     refs: &[PairRef],
+    skill_concepts: &HashSet<usize>,
     batch: usize,
     obj: Objective,
 ) -> Result<f32> {
@@ -241,6 +256,7 @@ fn mean_loss(
         let b = Batch {
             pairs: chunk.to_vec(),
             rejected_only: vec![],
+            skills: chunk.iter().all(|r| skill_concepts.contains(&r.2)),
         };
         total += loss_of(model, states, &b, &HashMap::new(), obj)
             .and_then(|l| l.to_scalar::<f32>())
@@ -438,9 +454,15 @@ pub fn train(
     if spec.max_text_tokens > 0 {
         cap_states(&mut states, spec.max_text_tokens, enc.manifest().dim);
     }
+    let skill_concepts: HashSet<usize> = all
+        .iter()
+        .zip(&refs)
+        .filter(|(p, _)| targets_skill(p))
+        .map(|(_, r)| r.2)
+        .collect();
     let (train_refs, rest) = refs.split_at(pairs.len());
     let (dev_refs, neg_refs) = rest.split_at(dev.len());
-    let with_positive: std::collections::HashSet<usize> = train_refs.iter().map(|r| r.0).collect();
+    let with_positive: HashSet<usize> = train_refs.iter().map(|r| r.0).collect();
     let mut attached: Negatives = HashMap::new();
     let mut rejected_only: Vec<PairRef> = Vec::new();
     for r in neg_refs {
@@ -452,7 +474,14 @@ pub fn train(
     }
     let encode_seconds = t0.elapsed().as_secs_f64();
 
-    let dev_before = mean_loss(model, &states, dev_refs, spec.batch, spec.objective)?;
+    let dev_before = mean_loss(
+        model,
+        &states,
+        dev_refs,
+        &skill_concepts,
+        spec.batch,
+        spec.objective,
+    )?;
     let mut trainer = Trainer::new(model, spec.lr, spec.warmup, spec.steps).map_err(cerr)?;
     let mut rng = Rng(spec.seed.max(1));
     // Batches are drawn from one source at a time: job titles and labels are a few tokens,
@@ -474,6 +503,7 @@ pub fn train(
                 batches.push(Batch {
                     pairs: c.to_vec(),
                     rejected_only: vec![],
+                    skills: c.iter().all(|r| skill_concepts.contains(&r.2)),
                 });
             }
         }
@@ -557,7 +587,14 @@ pub fn train(
         loss_start: avg(&losses[..tenth.min(losses.len())]),
         loss_end: avg(&losses[losses.len().saturating_sub(tenth)..]),
         dev_loss_before: dev_before,
-        dev_loss_after: mean_loss(model, &states, dev_refs, spec.batch, spec.objective)?,
+        dev_loss_after: mean_loss(
+            model,
+            &states,
+            dev_refs,
+            &skill_concepts,
+            spec.batch,
+            spec.objective,
+        )?,
         encode_seconds,
         train_seconds,
         steps_per_second: losses.len() as f64 / train_seconds.max(1e-9),
@@ -608,6 +645,53 @@ mod tests {
         // A checkpoint from before fingerprints were recorded resumes unchecked.
         std::fs::write(dir.path().join("state.json"), r#"{"step":1400}"#).unwrap();
         assert_eq!(checkpoint_step(dir.path(), &other).unwrap(), 1400);
+    }
+
+    #[test]
+    fn the_skills_only_attend_term_leaves_occupation_batches_pooled() {
+        let dim = 8;
+        let text = |seed: usize, n: usize| Hidden {
+            rows: (0..(n + 2) * dim)
+                .map(|i| f16::from_f32(((i * 37 + seed * 101) % 19) as f32 / 9.0 - 1.0))
+                .collect(),
+            n: n + 2,
+        };
+        let states: Vec<Hidden> = (0..8).map(|i| text(i, 2 + i % 3)).collect();
+        let batch = |skills| Batch {
+            pairs: vec![(0, 4, 0), (1, 5, 1), (2, 6, 2), (3, 7, 3)],
+            rejected_only: vec![],
+            skills,
+        };
+        let head = head::Head::new(dim).unwrap();
+        let term = head::AttendTerm {
+            temperature: 0.02,
+            pooled_weight: 0.5,
+            skills_only: true,
+        };
+        let base = Objective {
+            late: false,
+            ..Objective::late_and_pooled(0.05, 0.05)
+        };
+        let with = Objective {
+            attend: Some(term),
+            ..base
+        };
+        let loss = |b: &Batch, o: Objective| {
+            loss_of(&head, &states, b, &HashMap::new(), o)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert_eq!(loss(&batch(false), with), loss(&batch(false), base));
+        assert!(loss(&batch(true), with) > loss(&batch(true), base) + 1e-3);
+        let everywhere = Objective {
+            attend: Some(head::AttendTerm {
+                skills_only: false,
+                ..term
+            }),
+            ..base
+        };
+        assert!(loss(&batch(false), everywhere) > loss(&batch(false), base) + 1e-3);
     }
 
     #[test]

@@ -118,12 +118,15 @@ fn parse_trained(s: &str) -> Result<train::Trained, String> {
 struct ObjectiveTerms {
     late: bool,
     attend: bool,
+    /// The attend term on skill batches only.
+    skills_only: bool,
 }
 
 fn parse_objective(s: &str) -> Result<ObjectiveTerms, String> {
     let mut t = ObjectiveTerms {
         late: false,
         attend: false,
+        skills_only: false,
     };
     if s.trim() == "none" {
         return Ok(t);
@@ -132,10 +135,14 @@ fn parse_objective(s: &str) -> Result<ObjectiveTerms, String> {
         match term {
             "late" => t.late = true,
             "attend" => t.attend = true,
+            "attend-skills" => {
+                t.attend = true;
+                t.skills_only = true;
+            }
             "pooled" => {}
             _ => {
                 return Err(format!(
-                    "expected late, attend, both (late,attend) or none; {term:?} is not a term"
+                    "expected late, attend, attend-skills, late with one of them, or none; {term:?} is not a term"
                 ))
             }
         }
@@ -267,6 +274,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         attend: terms.attend.then_some(AttendTerm {
             temperature: rank::ATTEND_TEMPERATURE,
             pooled_weight: rank::ATTEND_POOLED_WEIGHT,
+            skills_only: terms.skills_only,
         }),
         ..Objective::late_and_pooled(temperature, nce_temperature)
     };
@@ -316,7 +324,11 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         init.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default(),
         report.steps,
         if terms.late { ", late" } else { "" },
-        if terms.attend { ", attend" } else { "" },
+        match (terms.attend, terms.skills_only) {
+            (true, true) => ", attend (skill batches)",
+            (true, false) => ", attend",
+            _ => "",
+        },
     ));
     let late = ScorerSpec::Late {
         temperature,
