@@ -53,7 +53,9 @@ pub(crate) struct TrainArgs {
     nce_temperature: f32,
     /// Terms of the InfoNCE beside the pooled one, which is always trained: `late` (the
     /// shipped recipe), `attend` (the attend scorer at its default temperature and blend, as
-    /// `esco-skills` is served), both (`late,attend`), or `none`.
+    /// `esco-skills` is served), `attend-skills` (the same on batches of skill pairs only,
+    /// occupation pairs keeping the pooled term they are served with), `late` with one of
+    /// them, or `none`.
     #[arg(long, default_value = "late", value_parser = parse_objective)]
     objective: ObjectiveTerms,
     /// Trained weights to start from instead of the base model's (a model directory's
