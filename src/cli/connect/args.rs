@@ -10,10 +10,13 @@ use crate::model::{self, ModelDir, ScorerSpec};
 use crate::rank::{ATTEND_POOLED_WEIGHT, ATTEND_TEMPERATURE, LATE_TEMPERATURE};
 use crate::space::cache;
 
+/// `--model`'s default.
+pub(crate) const DEFAULT_MODEL_DIR: &str = "models/default";
+
 #[derive(Args, Clone)]
 pub(crate) struct RuntimeArgs {
     /// Model directory (manifest.json, model.onnx, tokenizer.json).
-    #[arg(long, env = "UWE_MODEL", default_value = "models/default")]
+    #[arg(long, env = "UWE_MODEL", default_value = DEFAULT_MODEL_DIR)]
     pub(crate) model: PathBuf,
     /// auto, cpu or cuda.
     #[arg(long, env = "UWE_DEVICE", default_value = "auto")]

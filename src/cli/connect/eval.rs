@@ -1,7 +1,7 @@
 //! `uwe-connect eval`: task files (MAP, RP@k, MRR), f32 against int8, and whole postings.
 
 use super::args::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 
@@ -23,7 +23,8 @@ pub(crate) struct EvalArgs {
     /// Annotated postings (JSONL {text, skill_spans, knowledge_spans, esco_labels?}).
     #[arg(long, requires = "config", conflicts_with_all = ["space", "tasks"])]
     postings: Option<PathBuf>,
-    /// Pipeline file whose model and skill target the postings run through.
+    /// Pipeline file whose model and skill target the postings run through (`--model`,
+    /// `--precision`, `--device` and `--threads` override its model and encoder where given).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Target to evaluate (default: the first one ranking `description`).
@@ -119,10 +120,27 @@ fn postings(a: EvalArgs) -> anyhow::Result<()> {
         label_threshold,
         explain,
         reencode_spans,
+        rt,
         ..
     } = a;
     let config = config.expect("clap requires --config with --postings");
-    let cfg = PipelineConfig::load(&config)?;
+    let mut cfg = PipelineConfig::load(&config)?;
+    // The runtime flags that differ from their defaults override the pipeline file, as its
+    // `UWE__…` variables do: ignored, `--model` evaluated the file's model under the other's name.
+    if rt.model != Path::new(DEFAULT_MODEL_DIR) {
+        cfg.model.dir = rt.model;
+        cfg.model.registry = None;
+        cfg.model.pin = None;
+    }
+    if rt.precision != PrecisionChoice::Auto {
+        cfg.encoder.precision = rt.precision;
+    }
+    if rt.device != Device::Auto {
+        cfg.encoder.device = rt.device;
+    }
+    if rt.threads != 0 {
+        cfg.encoder.intra_threads = rt.threads;
+    }
     let mode = match mode.as_deref() {
         None => None,
         Some("sentences") => Some(Mode::Sentences),
