@@ -126,7 +126,7 @@ fn postings(a: EvalArgs) -> anyhow::Result<()> {
     let config = config.expect("clap requires --config with --postings");
     let mut cfg = PipelineConfig::load(&config)?;
     // The runtime flags that differ from their defaults override the pipeline file, as its
-    // `UWE__…` variables do: ignored, `--model` evaluated the file's model under the other's name.
+    // `UWE__…` variables do; ignored, `--model` silently evaluated the file's model instead.
     if rt.model != Path::new(DEFAULT_MODEL_DIR) {
         cfg.model.dir = rt.model;
         cfg.model.registry = None;
