@@ -183,6 +183,18 @@ struct Batch {
     skills: bool,
 }
 
+impl Batch {
+    /// A batch of `pairs`, marked as a skill batch when every target is in `skill_concepts`.
+    fn new(pairs: Vec<PairRef>, skill_concepts: &HashSet<usize>) -> Self {
+        let skills = pairs.iter().all(|r| skill_concepts.contains(&r.2));
+        Batch {
+            pairs,
+            rejected_only: vec![],
+            skills,
+        }
+    }
+}
+
 /// Hard negatives by query state (analysts' rejected labels).
 type Negatives = HashMap<usize, Vec<PairRef>>;
 
@@ -253,11 +265,7 @@ fn mean_loss(
     let mut total = 0f32;
     let mut n = 0;
     for chunk in refs.chunks(batch).filter(|c| c.len() > 1).take(20) {
-        let b = Batch {
-            pairs: chunk.to_vec(),
-            rejected_only: vec![],
-            skills: chunk.iter().all(|r| skill_concepts.contains(&r.2)),
-        };
+        let b = Batch::new(chunk.to_vec(), skill_concepts);
         total += loss_of(model, states, &b, &HashMap::new(), obj)
             .and_then(|l| l.to_scalar::<f32>())
             .map_err(cerr)?;
@@ -474,14 +482,17 @@ pub fn train(
     }
     let encode_seconds = t0.elapsed().as_secs_f64();
 
-    let dev_before = mean_loss(
-        model,
-        &states,
-        dev_refs,
-        &skill_concepts,
-        spec.batch,
-        spec.objective,
-    )?;
+    let dev_loss = |states: &[Hidden]| {
+        mean_loss(
+            model,
+            states,
+            dev_refs,
+            &skill_concepts,
+            spec.batch,
+            spec.objective,
+        )
+    };
+    let dev_before = dev_loss(&states)?;
     let mut trainer = Trainer::new(model, spec.lr, spec.warmup, spec.steps).map_err(cerr)?;
     let mut rng = Rng(spec.seed.max(1));
     // Batches are drawn from one source at a time: job titles and labels are a few tokens,
@@ -500,11 +511,7 @@ pub fn train(
                 if *src == "feedback" {
                     feedback.push(batches.len());
                 }
-                batches.push(Batch {
-                    pairs: c.to_vec(),
-                    rejected_only: vec![],
-                    skills: c.iter().all(|r| skill_concepts.contains(&r.2)),
-                });
+                batches.push(Batch::new(c.to_vec(), &skill_concepts));
             }
         }
         // Texts with only a rejected label ride along with the feedback batches (else with
@@ -587,14 +594,7 @@ pub fn train(
         loss_start: avg(&losses[..tenth.min(losses.len())]),
         loss_end: avg(&losses[losses.len().saturating_sub(tenth)..]),
         dev_loss_before: dev_before,
-        dev_loss_after: mean_loss(
-            model,
-            &states,
-            dev_refs,
-            &skill_concepts,
-            spec.batch,
-            spec.objective,
-        )?,
+        dev_loss_after: dev_loss(&states)?,
         encode_seconds,
         train_seconds,
         steps_per_second: losses.len() as f64 / train_seconds.max(1e-9),
