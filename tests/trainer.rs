@@ -55,6 +55,7 @@ fn tiny_run(what: Trained, lr: f64) {
         resume: false,
         progress: false,
         max_text_tokens: 0,
+        anchor: None,
     };
     let report =
         train::train(&mut enc, model.as_ref(), &train_pairs, &dev_pairs, &[], &ts).unwrap();

@@ -193,6 +193,26 @@ pub fn pool(y: &Tensor, mask_all: &Tensor) -> candle_core::Result<(Tensor, Tenso
     Ok((pooled, l2_normalize(y)?))
 }
 
+/// Normalised pooled embeddings `[b, d]` of `items` through `model`, as the runtime pools them.
+pub fn pooled(model: &dyn Trainable, items: &[&Hidden]) -> candle_core::Result<Tensor> {
+    let (x, all, _) = pad(items, model.dim())?;
+    Ok(pool(&model.forward(&x, &all)?, &all)?.0)
+}
+
+/// Anchor term: the mean cosine distance `1 − cos` between the pooled embeddings `model`
+/// gives `items` and `teacher` `[b, d]` (normalised, from the weights training started
+/// at). It holds texts of one kind (job titles, occupation names) where they were while
+/// other batches move the shared layers: a distillation term, as in learning without
+/// forgetting (Li & Hoiem 2017).
+pub fn anchor_loss(
+    model: &dyn Trainable,
+    items: &[&Hidden],
+    teacher: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let cos = pooled(model, items)?.mul(teacher)?.sum(1)?;
+    (cos.neg()? + 1.0)?.mean_all()
+}
+
 /// Soft late-interaction scores `[bq, bt]` between every query and every target.
 pub fn late_scores(
     q: &Tensor,
@@ -658,5 +678,52 @@ mod tests {
         }
         let after = margin(&scores(&head).0);
         assert!(after > before + 0.1, "diagonal margin {before} -> {after}");
+    }
+
+    #[test]
+    fn the_anchor_holds_texts_the_batches_would_move() {
+        let dim = 16;
+        let obj = Objective::late_and_pooled(0.05, 0.05);
+        let q: Vec<Hidden> = (0..4).map(|i| hidden(i, 3, dim)).collect();
+        let t: Vec<Hidden> = (10..14).map(|i| hidden(i, 2, dim)).collect();
+        // Titles no batch trains on: their place is what the anchor keeps.
+        let titles: Vec<Hidden> = (30..36).map(|i| hidden(i, 2, dim)).collect();
+        let (qr, tr): (Vec<&Hidden>, Vec<&Hidden>) = (q.iter().collect(), t.iter().collect());
+        let title_refs: Vec<&Hidden> = titles.iter().collect();
+        let drift = |weight: Option<f64>| -> f32 {
+            let head = Head::new(dim).unwrap();
+            let teacher = pooled(&head, &title_refs).unwrap().detach();
+            assert!(
+                anchor_loss(&head, &title_refs, &teacher)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    < 1e-6
+            );
+            let mut opt = Trainer::new(&head, 2e-2, 1, 80).unwrap();
+            for step in 0..80 {
+                let mut loss =
+                    batch_loss(&head, &qr, &tr, &[0, 1, 2, 3], &[0, 1, 2, 3], obj).unwrap();
+                if let Some(w) = weight {
+                    let a = anchor_loss(&head, &title_refs, &teacher).unwrap();
+                    loss = (loss + (a * w).unwrap()).unwrap();
+                }
+                opt.step(&loss, step).unwrap();
+            }
+            anchor_loss(&head, &title_refs, &teacher)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let free = drift(None);
+        let held = drift(Some(10.0));
+        assert!(
+            free > 1e-3,
+            "the batches alone should move the titles (drift {free})"
+        );
+        assert!(
+            held < free / 4.0,
+            "anchored drift {held} vs {free} without the anchor"
+        );
     }
 }

@@ -64,6 +64,21 @@ pub struct TrainSpec {
     /// padded to its longest text, and the trained layers keep every attention map for the
     /// backward pass: 64 rows of 256 word pieces through three layers reach about 10 GB.
     pub max_text_tokens: usize,
+    /// Hold job titles and occupation names in place while skills train ([`Anchor`]).
+    pub anchor: Option<Anchor>,
+}
+
+/// The anchor term of a run: each step, `per_step` texts drawn from the occupation side of
+/// the training pairs (job titles, occupation names: every pair whose target is not a
+/// skill) are pulled towards the pooled embeddings the starting weights gave them, with
+/// weight `weight` ([`head::anchor_loss`]). Skill batches move the layers titles share: a
+/// fine-tune of the shipped model on skills gained tech but lost job normalisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Anchor {
+    /// Anchor texts per step.
+    pub per_step: usize,
+    /// Weight of the term beside the InfoNCE.
+    pub weight: f32,
 }
 
 /// What a training run measured.
@@ -89,6 +104,10 @@ pub struct TrainReport {
     pub train_seconds: f64,
     /// Optimiser steps per second.
     pub steps_per_second: f64,
+    /// With an anchor: the mean cosine distance of the anchor texts' pooled embeddings
+    /// from where training started, after training (0 before), on up to 2,048 of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_drift_after: Option<f32>,
 }
 
 fn cerr(e: candle_core::Error) -> ModelError {
@@ -274,6 +293,54 @@ fn mean_loss(
     Ok(if n == 0 { f32::NAN } else { total / n as f32 })
 }
 
+/// Pooled embeddings (`texts.len() × dim`, row-major) of `texts` (indices into `states`).
+fn pooled_rows(
+    model: &dyn Trainable,
+    states: &[Hidden],
+    texts: &[usize],
+    progress: bool,
+) -> Result<Vec<f32>> {
+    let bar = if progress {
+        indicatif::ProgressBar::new(texts.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    // Sorted by length, so that a chunk pads little.
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| states[texts[i]].n);
+    let mut out = vec![0f32; texts.len() * model.dim()];
+    for chunk in order.chunks(128) {
+        let items: Vec<&Hidden> = chunk.iter().map(|&i| &states[texts[i]]).collect();
+        let p = head::pooled(model, &items)
+            .and_then(|t| t.to_vec2::<f32>())
+            .map_err(cerr)?;
+        for (&i, row) in chunk.iter().zip(p) {
+            out[i * model.dim()..(i + 1) * model.dim()].copy_from_slice(&row);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// [`head::anchor_loss`] of the anchor texts at positions `picked` of `texts`.
+fn anchor_term(
+    model: &dyn Trainable,
+    states: &[Hidden],
+    texts: &[usize],
+    teacher: &[f32],
+    picked: &[usize],
+) -> candle_core::Result<candle_core::Tensor> {
+    let d = model.dim();
+    let items: Vec<&Hidden> = picked.iter().map(|&i| &states[texts[i]]).collect();
+    let rows: Vec<f32> = picked
+        .iter()
+        .flat_map(|&i| teacher[i * d..(i + 1) * d].iter().copied())
+        .collect();
+    let t = candle_core::Tensor::from_vec(rows, (picked.len(), d), &candle_core::Device::Cpu)?;
+    head::anchor_loss(model, &items, &t)
+}
+
 /// Writes trained weights as safetensors (f32, by name): a file the graph builder reads in
 /// place of the base weights of the same names ([`model::BuildSpec::trained`]).
 pub fn write_trained(path: &Path, named: &[(String, candle_core::Tensor)]) -> Result<()> {
@@ -448,14 +515,13 @@ pub fn train(
     // The checkpoint is checked before the slow encoding, so that a mismatch fails at once.
     let fingerprint = data_fingerprint(pairs, dev, negatives, spec.batch);
     let mut start = 0;
-    if spec.resume {
-        if let Some(dir) = &spec.checkpoint_dir {
+    let resume_from = match (&spec.checkpoint_dir, spec.resume) {
+        (Some(dir), true) => {
             start = checkpoint_step(dir, &fingerprint)?;
-            model
-                .restore(&read_trained(&dir.join(CHECKPOINT_FILE))?)
-                .map_err(cerr)?;
+            Some(dir.join(CHECKPOINT_FILE))
         }
-    }
+        _ => None,
+    };
     let t0 = Instant::now();
     let all: Vec<Pair> = pairs.iter().chain(dev).chain(negatives).cloned().collect();
     let (mut states, refs) = hidden_states(enc, &all, spec.progress)?;
@@ -480,6 +546,25 @@ pub fn train(
             rejected_only.push(*r);
         }
     }
+    // The anchor's teacher is the model as training starts (before a checkpoint is
+    // restored: a resumed run is held to the same place as the run it continues).
+    let anchors = match spec.anchor {
+        Some(_) => {
+            let texts: std::collections::BTreeSet<usize> = pairs
+                .iter()
+                .zip(train_refs)
+                .filter(|(p, _)| !targets_skill(p))
+                .flat_map(|(_, r)| [r.0, r.1])
+                .collect();
+            let texts: Vec<usize> = texts.into_iter().collect();
+            let teacher = pooled_rows(model, &states, &texts, spec.progress)?;
+            Some((texts, teacher))
+        }
+        None => None,
+    };
+    if let Some(path) = &resume_from {
+        model.restore(&read_trained(path)?).map_err(cerr)?;
+    }
     let encode_seconds = t0.elapsed().as_secs_f64();
 
     let dev_loss = |states: &[Hidden]| {
@@ -495,6 +580,8 @@ pub fn train(
     let dev_before = dev_loss(&states)?;
     let mut trainer = Trainer::new(model, spec.lr, spec.warmup, spec.steps).map_err(cerr)?;
     let mut rng = Rng(spec.seed.max(1));
+    // Its own stream, so that an anchor leaves the batch order as it was without one.
+    let mut anchor_rng = Rng((spec.seed ^ 0xA4C4_0B5E).max(1));
     // Batches are drawn from one source at a time: job titles and labels are a few tokens,
     // job-ad sentences tens, so mixed batches would pad short texts to the longest, and
     // in-batch negatives from the same kind of text are the harder ones.
@@ -556,11 +643,24 @@ pub fn train(
         }
         let batch = &batches[cursor];
         cursor += 1;
-        let loss = loss_of(model, &states, batch, &attached, spec.objective).map_err(cerr)?;
-        trainer.step(&loss, step).map_err(cerr)?;
+        let mut loss = loss_of(model, &states, batch, &attached, spec.objective).map_err(cerr)?;
         let l = loss.to_scalar::<f32>().map_err(cerr)?;
+        let mut message = format!("{l:.3}");
+        if let (Some(a), Some((texts, teacher))) = (spec.anchor, &anchors) {
+            let picked: Vec<usize> = (0..a.per_step.min(texts.len()))
+                .map(|_| (anchor_rng.next() % texts.len() as u64) as usize)
+                .collect();
+            let term = anchor_term(model, &states, texts, teacher, &picked).map_err(cerr)?;
+            message = format!(
+                "{message}, anchor {:.4}",
+                term.to_scalar::<f32>().map_err(cerr)?
+            );
+            loss = (loss + (term * a.weight as f64).map_err(cerr)?).map_err(cerr)?;
+        }
+        trainer.step(&loss, step).map_err(cerr)?;
+        // The InfoNCE alone, so that runs with and without an anchor compare.
         losses.push(l);
-        bar.set_message(format!("{l:.3}"));
+        bar.set_message(message);
         bar.inc(1);
         if let Some(dir) = &spec.checkpoint_dir {
             if spec.checkpoint_every > 0 && (step + 1) % spec.checkpoint_every == 0 {
@@ -585,6 +685,23 @@ pub fn train(
     }
     bar.finish_and_clear();
     let train_seconds = t1.elapsed().as_secs_f64();
+    let anchor_drift_after = match &anchors {
+        Some((texts, teacher)) => {
+            let every = texts.len().div_ceil(2048).max(1);
+            let picked: Vec<usize> = (0..texts.len()).step_by(every).collect();
+            let drift = picked
+                .chunks(256)
+                .map(|c| {
+                    anchor_term(model, &states, texts, teacher, c)
+                        .and_then(|t| t.to_scalar::<f32>())
+                        .map(|d| d * c.len() as f32)
+                })
+                .sum::<candle_core::Result<f32>>()
+                .map_err(cerr)?;
+            Some(drift / picked.len().max(1) as f32)
+        }
+        None => None,
+    };
     let tenth = (losses.len() / 10).max(1);
     let avg = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
     let report = TrainReport {
@@ -598,6 +715,7 @@ pub fn train(
         encode_seconds,
         train_seconds,
         steps_per_second: losses.len() as f64 / train_seconds.max(1e-9),
+        anchor_drift_after,
     };
     Ok(report)
 }

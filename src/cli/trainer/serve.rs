@@ -675,6 +675,7 @@ fn retrain(
         resume,
         progress: false,
         max_text_tokens: tr.max_text_tokens,
+        anchor: None,
     };
     tracing::info!(version = %state.version, positives = positives.len(), rejected = negatives.len(), replayed, resume, start = %start, "training");
     let report = train::train(

@@ -63,6 +63,14 @@ pub(crate) struct TrainArgs {
     /// be of the part `--train` names.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Anchor texts per step (0: none): job titles and occupation names from the training
+    /// pairs, held at the pooled embeddings the starting weights (`--init`) gave them, so
+    /// that skill batches do not move the titles the shared layers also serve.
+    #[arg(long, default_value_t = 0)]
+    anchor_texts: usize,
+    /// Weight of the anchor term (mean cosine distance) beside the InfoNCE.
+    #[arg(long, default_value_t = 10.0)]
+    anchor_weight: f32,
     /// Real job-ad sentences with pseudo-labels, JSONL {"text", "label_id", ...}, from
     /// `uwe-trainer pseudo-label` (source `skillspan_pseudo`).
     #[arg(long)]
@@ -176,6 +184,8 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         nce_temperature,
         objective: terms,
         init,
+        anchor_texts,
+        anchor_weight,
         pseudo_labels,
         feedback,
         job_titles,
@@ -211,6 +221,9 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             "--repeat {src}={n}: {src:?} is not a source; use one of {:?}",
             data::SOURCES
         );
+    }
+    if anchor_texts > 0 && !(anchor_weight.is_finite() && anchor_weight > 0.0) {
+        anyhow::bail!("--anchor-weight {anchor_weight}: give a positive weight (10 holds titles; 0 texts turns the anchor off)");
     }
     let ecfg = EncoderConfig {
         device: Device::Cpu,
@@ -292,6 +305,10 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         resume,
         progress: true,
         max_text_tokens: 0,
+        anchor: (anchor_texts > 0).then_some(train::Anchor {
+            per_step: anchor_texts,
+            weight: anchor_weight,
+        }),
     };
     if let Some(d) = &checkpoint_dir {
         std::fs::create_dir_all(d)?;
