@@ -79,6 +79,9 @@ pub struct Anchor {
     pub per_step: usize,
     /// Weight of the term beside the InfoNCE.
     pub weight: f32,
+    /// The occupation-side pairs are anchored only: their InfoNCE batches are left out, so
+    /// that a fine-tune trains skills and holds titles where the starting weights had them.
+    pub only: bool,
 }
 
 /// What a training run measured.
@@ -266,6 +269,23 @@ fn loss_of(
         _ => obj,
     };
     head::batch_loss_with_negatives(model, &rows, &t, &negs, obj)
+}
+
+/// The pairs the InfoNCE batches are drawn from, by source; occupation-side pairs are left
+/// out when they are anchored only ([`Anchor::only`]).
+fn trained_by_source(
+    pairs: &[Pair],
+    refs: &[PairRef],
+    anchored_only: bool,
+) -> BTreeMap<&'static str, Vec<PairRef>> {
+    let mut by_source: BTreeMap<&'static str, Vec<PairRef>> = BTreeMap::new();
+    for (p, r) in pairs.iter().zip(refs) {
+        if anchored_only && !targets_skill(p) {
+            continue;
+        }
+        by_source.entry(p.source).or_default().push(*r);
+    }
+    by_source
 }
 
 /// Whether a pair's target is an ESCO skill (by its concept URI).
@@ -557,6 +577,10 @@ pub fn train(
                 .flat_map(|(_, r)| [r.0, r.1])
                 .collect();
             let texts: Vec<usize> = texts.into_iter().collect();
+            tracing::info!(
+                texts = texts.len(),
+                "anchor: embedding the occupation-side texts with the starting weights"
+            );
             let teacher = pooled_rows(model, &states, &texts, spec.progress)?;
             Some((texts, teacher))
         }
@@ -585,10 +609,7 @@ pub fn train(
     // Batches are drawn from one source at a time: job titles and labels are a few tokens,
     // job-ad sentences tens, so mixed batches would pad short texts to the longest, and
     // in-batch negatives from the same kind of text are the harder ones.
-    let mut by_source: BTreeMap<&str, Vec<PairRef>> = BTreeMap::new();
-    for (p, r) in pairs.iter().zip(train_refs) {
-        by_source.entry(p.source).or_default().push(*r);
-    }
+    let mut by_source = trained_by_source(pairs, train_refs, spec.anchor.is_some_and(|a| a.only));
     let mut epoch = |rng: &mut Rng| -> Vec<Batch> {
         let mut batches = Vec::new();
         let mut feedback = Vec::new();
@@ -763,6 +784,32 @@ mod tests {
         // A checkpoint from before fingerprints were recorded resumes unchecked.
         std::fs::write(dir.path().join("state.json"), r#"{"step":1400}"#).unwrap();
         assert_eq!(checkpoint_step(dir.path(), &other).unwrap(), 1400);
+    }
+
+    #[test]
+    fn anchored_only_occupation_pairs_are_not_trained() {
+        let pair = |target_id: &str, source: &'static str| Pair {
+            query: "q".into(),
+            target: "t".into(),
+            target_id: target_id.into(),
+            source,
+        };
+        let pairs = [
+            pair("http://data.europa.eu/esco/skill/1", "skill_sentence"),
+            pair("http://data.europa.eu/esco/occupation/2", "job_title"),
+            pair("http://data.europa.eu/esco/skill/3", "skillskape"),
+        ];
+        let refs = [(0, 1, 0), (2, 3, 1), (4, 5, 2)];
+        let all = trained_by_source(&pairs, &refs, false);
+        assert_eq!(all.values().map(Vec::len).sum::<usize>(), 3);
+        let skills = trained_by_source(&pairs, &refs, true);
+        assert_eq!(
+            skills.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("skill_sentence", vec![(0, 1, 0)]),
+                ("skillskape", vec![(4, 5, 2)])
+            ]
+        );
     }
 
     #[test]

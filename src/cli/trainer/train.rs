@@ -71,6 +71,10 @@ pub(crate) struct TrainArgs {
     /// Weight of the anchor term (mean cosine distance) beside the InfoNCE.
     #[arg(long, default_value_t = 10.0)]
     anchor_weight: f32,
+    /// With --anchor-texts: the occupation-side pairs are anchored only, not trained (their
+    /// InfoNCE batches are left out): a fine-tune that trains skills and holds titles.
+    #[arg(long)]
+    anchor_only: bool,
     /// Real job-ad sentences with pseudo-labels, JSONL {"text", "label_id", ...}, from
     /// `uwe-trainer pseudo-label` (source `skillspan_pseudo`).
     #[arg(long)]
@@ -186,6 +190,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         init,
         anchor_texts,
         anchor_weight,
+        anchor_only,
         pseudo_labels,
         feedback,
         job_titles,
@@ -221,6 +226,9 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             "--repeat {src}={n}: {src:?} is not a source; use one of {:?}",
             data::SOURCES
         );
+    }
+    if anchor_only && anchor_texts == 0 {
+        anyhow::bail!("--anchor-only needs --anchor-texts N (N ≥ 1): without an anchor, nothing would hold the titles it stops training");
     }
     if anchor_texts > 0 && !(anchor_weight.is_finite() && anchor_weight > 0.0) {
         anyhow::bail!("--anchor-weight {anchor_weight}: give a positive weight (10 holds titles; 0 texts turns the anchor off)");
@@ -308,6 +316,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         anchor: (anchor_texts > 0).then_some(train::Anchor {
             per_step: anchor_texts,
             weight: anchor_weight,
+            only: anchor_only,
         }),
     };
     if let Some(d) = &checkpoint_dir {
