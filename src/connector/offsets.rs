@@ -140,11 +140,19 @@ pub(super) async fn commit_final(
     committed && verify_commits(consumer, tracker).await
 }
 
+/// How long a clean read-back must stay clean: longer than the auto-commit interval (1 s),
+/// so that an auto-commit still in flight at the first read-back has landed by the second.
+const COMMIT_SETTLE: Duration = Duration::from_millis(1500);
+
 /// Reads the group's committed offsets back and commits again, explicitly, any that stayed
 /// below what was stored. Auto-commits are sent in the background: one sent before the final
 /// commit can be applied after it by a broker that handles requests concurrently, and move a
 /// committed offset back (seen against tansu), which would re-deliver events on restart.
+/// Such a late commit can also land after a first clean read-back (a clean-clone CI run saw a
+/// partition at 53 of 60 after a broker outage), so the offsets must read back clean twice,
+/// [`COMMIT_SETTLE`] apart.
 async fn verify_commits(consumer: Arc<StreamConsumer<Ctx>>, tracker: Arc<OffsetTracker>) -> bool {
+    let mut clean = false;
     for attempt in 0..10 {
         let (c, t) = (consumer.clone(), tracker.clone());
         let behind = blocking(move || {
@@ -175,9 +183,15 @@ async fn verify_commits(consumer: Arc<StreamConsumer<Ctx>>, tracker: Arc<OffsetT
         })
         .await;
         match behind {
-            Ok(0) => return true,
-            Ok(_) => {}
+            Ok(0) if clean => return true,
+            Ok(0) => {
+                clean = true;
+                tokio::time::sleep(COMMIT_SETTLE).await;
+                continue;
+            }
+            Ok(_) => clean = false,
             Err(e) => {
+                clean = false;
                 tracing::warn!(error = %e, attempt, "reading back the committed offsets failed, retrying")
             }
         }
