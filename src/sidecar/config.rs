@@ -174,6 +174,14 @@ pub struct TrainingSection {
     /// Longest text a training step sees, in word pieces (longer ones keep their start):
     /// bounds the memory of a step, which grows with the batch's longest text.
     pub max_text_tokens: usize,
+    /// Anchor texts per step (0: off): job titles and occupation names of the replayed
+    /// pairs, held at the pooled embeddings the serving model gives them while feedback on
+    /// skills moves the shared layers ([`crate::train::Anchor`]). Off by default until a
+    /// feedback run has measured it (`uwe-trainer train --anchor-texts` halved the
+    /// job-normalisation loss of a skill fine-tune).
+    pub anchor_texts: usize,
+    /// Weight of the anchor term beside the InfoNCE.
+    pub anchor_weight: f32,
 }
 
 impl Default for TrainingSection {
@@ -190,6 +198,8 @@ impl Default for TrainingSection {
             late_temperature: 0.05,
             nce_temperature: 0.05,
             max_text_tokens: 128,
+            anchor_texts: 0,
+            anchor_weight: 10.0,
         }
     }
 }
@@ -298,6 +308,12 @@ impl ServiceConfig {
                 t.max_text_tokens
             ));
         }
+        if t.anchor_texts > 0 && !(t.anchor_weight.is_finite() && t.anchor_weight > 0.0) {
+            errs.push(format!(
+                "`training.anchor_weight` = {}: give a positive weight (or `training.anchor_texts` = 0 to turn the anchor off)",
+                t.anchor_weight
+            ));
+        }
         if t.feedback_repeat == 0 {
             errs.push("`training.feedback_repeat` must be at least 1".into());
         }
@@ -351,9 +367,14 @@ mod tests {
         assert_eq!(c.trigger.min_new_feedback, 5);
         let e = ServiceConfig::parse(&format!("{MIN}[trigger]\nmin_new = 3\n"), &[]).unwrap_err();
         assert!(e.contains("min_new"), "{e}");
-        let bad = format!("{MIN}[training]\nlayers = 9\nbatch = 1\n[gate]\ntasks = [\"nope\"]\n");
+        let bad = format!("{MIN}[training]\nlayers = 9\nbatch = 1\nanchor_texts = 64\nanchor_weight = -1.0\n[gate]\ntasks = [\"nope\"]\n");
         let e = ServiceConfig::parse(&bad, &[]).unwrap_err();
-        for key in ["`training.layers`", "`training.batch`", "`gate.tasks`"] {
+        for key in [
+            "`training.layers`",
+            "`training.batch`",
+            "`training.anchor_weight`",
+            "`gate.tasks`",
+        ] {
             assert!(e.contains(key), "{key} in {e}");
         }
     }

@@ -675,7 +675,11 @@ fn retrain(
         resume,
         progress: false,
         max_text_tokens: tr.max_text_tokens,
-        anchor: None,
+        anchor: (tr.anchor_texts > 0).then_some(train::Anchor {
+            per_step: tr.anchor_texts,
+            weight: tr.anchor_weight,
+            only: false,
+        }),
     };
     tracing::info!(version = %state.version, positives = positives.len(), rejected = negatives.len(), replayed, resume, start = %start, "training");
     let report = train::train(
