@@ -101,7 +101,7 @@ pub struct TrainReport {
     pub dev_loss_before: f32,
     /// See `dev_loss_before`.
     pub dev_loss_after: f32,
-    /// Seconds spent encoding hidden states.
+    /// Seconds spent encoding hidden states (and the anchor's starting embeddings).
     pub encode_seconds: f64,
     /// Seconds spent training.
     pub train_seconds: f64,
@@ -577,12 +577,17 @@ pub fn train(
                 .flat_map(|(_, r)| [r.0, r.1])
                 .collect();
             let texts: Vec<usize> = texts.into_iter().collect();
-            tracing::info!(
-                texts = texts.len(),
-                "anchor: embedding the occupation-side texts with the starting weights"
-            );
-            let teacher = pooled_rows(model, &states, &texts, spec.progress)?;
-            Some((texts, teacher))
+            if texts.is_empty() {
+                tracing::warn!("anchor: no training pair has an occupation-side target; nothing to hold, the anchor is off");
+                None
+            } else {
+                tracing::info!(
+                    texts = texts.len(),
+                    "anchor: embedding the occupation-side texts with the starting weights"
+                );
+                let teacher = pooled_rows(model, &states, &texts, spec.progress)?;
+                Some((texts, teacher))
+            }
         }
         None => None,
     };
