@@ -154,7 +154,8 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
             on_default.iter().sum::<f64>() / on_default.len() as f64
         }
     };
-    // By default scorer: the spaces in `target_scorers` are ranked with theirs in both.
+    // Keyed by the candidate's default scorer; the spaces in `target_scorers` are ranked
+    // with their own scorer under both keys.
     let by_scorer = serde_json::json!({"late": &cand_late, "pooled": &cand_pooled});
     let (scorer, cand_scores) = if by_default(&cand_late) >= by_default(&cand_pooled) {
         (late, cand_late)
