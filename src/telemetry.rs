@@ -73,6 +73,8 @@ pub const END_TO_END_LATENCY_SECONDS: &str = "uwe_end_to_end_latency_seconds";
 pub const CONSUMER_LAG_MESSAGES: &str = "uwe_consumer_lag_messages";
 /// Events accepted and not yet acknowledged, by `pipeline`.
 pub const IN_FLIGHT_EVENTS: &str = "uwe_in_flight_events";
+/// Input offset commits (at-least-once), by `pipeline` and `outcome` (ok, failed).
+pub const OFFSET_COMMITS_TOTAL: &str = "uwe_offset_commits_total";
 /// Produce attempts retried after a transient failure, by `pipeline`.
 pub const DELIVERY_RETRIES_TOTAL: &str = "uwe_delivery_retries_total";
 /// 1 for the serving model version, by `pipeline` and `version`.
@@ -114,6 +116,10 @@ pub fn describe_connector() {
         "Consumer lag over assigned partitions"
     );
     metrics::describe_gauge!(IN_FLIGHT_EVENTS, "Events accepted and not yet acknowledged");
+    metrics::describe_counter!(
+        OFFSET_COMMITS_TOTAL,
+        "Input offset commits by outcome (at-least-once)"
+    );
     metrics::describe_counter!(
         DELIVERY_RETRIES_TOTAL,
         "Produce attempts retried after a transient failure"

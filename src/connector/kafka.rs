@@ -33,14 +33,26 @@ impl ClientContext for Ctx {
 impl ConsumerContext for Ctx {
     fn pre_rebalance(
         &self,
-        _: &rdkafka::consumer::BaseConsumer<Self>,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
         match rebalance {
             rdkafka::consumer::Rebalance::Revoke(tpl) => {
                 tracing::info!(pipeline = %self.pipeline, partitions = %partition_list(tpl), "partitions revoked");
-                for e in tpl.elements() {
-                    self.tracker.revoke(&(e.topic().to_string(), e.partition()));
+                let tps: Vec<_> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                // Commit what was acknowledged before the partitions move (at-least-once;
+                // in exactly-once mode nothing is stored here, the transactions commit).
+                match self.tracker.revoke_committing(consumer, &tps) {
+                    Ok(0) => {}
+                    Ok(_) => super::offsets::committed(&self.pipeline, true),
+                    Err(e) => {
+                        super::offsets::committed(&self.pipeline, false);
+                        tracing::warn!(pipeline = %self.pipeline, error = %e, "commit of revoked partitions failed; their next owner re-reads from the last commit");
+                    }
                 }
             }
             rdkafka::consumer::Rebalance::Error(e) => {
@@ -108,10 +120,9 @@ pub fn consumer_config(cfg: &PipelineConfig) -> ClientConfig {
         .set("statistics.interval.ms", "5000")
         .set("enable.partition.eof", "false");
     match cfg.kafka.delivery {
-        // Stored offsets are committed every second, on rebalance and at close.
-        Delivery::AtLeastOnce => c
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000"),
+        // The pipeline commits acknowledged offsets itself (offsets.rs): every second, on
+        // revocation and at shutdown.
+        Delivery::AtLeastOnce => c.set("enable.auto.commit", "false"),
         Delivery::ExactlyOnce => c
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed"),

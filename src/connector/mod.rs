@@ -3,14 +3,15 @@
 //! ```text
 //! source ──► batcher ──► encoder thread ──► ranker ──► sink ──► broker
 //!  (decode,    (token       (EncoderService)   (rank      (produce, await ack,
-//!   classify,   budget,                        spaces)     store offset / txn)
+//!   classify,   budget,                        spaces)     mark offset / txn)
 //!   permits)    max wait)
 //! ```
 //! Items keep their arrival order through every stage, so output order per input
 //! partition is kept. Each accepted event holds an in-flight permit until its output (an
 //! enriched record or a dead letter) is acknowledged; when the permits run out the
-//! partitions are paused. In at-least-once mode an offset is stored for commit only once
-//! it and every offset before it are acknowledged; in exactly-once mode each batch's
+//! partitions are paused. In at-least-once mode an offset is committed only once it and
+//! every offset before it are acknowledged (every second, on revocation and at shutdown,
+//! synchronously and one commit at a time); in exactly-once mode each batch's
 //! records and offsets commit in one transaction.
 //!
 //! # Layout

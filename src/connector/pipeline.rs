@@ -127,12 +127,19 @@ pub async fn run(
         servings: servings.clone(),
         shadow: shadow.clone(),
     };
+    let committer = (cfg.kafka.delivery == Delivery::AtLeastOnce).then(|| {
+        tokio::spawn(offsets::commit_periodically(
+            name.clone(),
+            consumer.clone(),
+            tracker.clone(),
+            Duration::from_secs(1),
+        ))
+    });
     let sink = match cfg.kafka.delivery {
         Delivery::AtLeastOnce => {
             let s = sink::AtLeastOnce {
                 pipeline: name.clone(),
                 producer: producer.clone(),
-                consumer: consumer.clone(),
                 tracker: tracker.clone(),
             };
             tokio::spawn(ranker.run(s, batch_rx, fatal_tx.clone()))
@@ -173,8 +180,11 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = tracker.in_flight();
+    if let Some(c) = committer {
+        c.abort();
+    }
     if cfg.kafka.delivery == Delivery::AtLeastOnce
-        && !offsets::commit_final(consumer.clone(), tracker.clone()).await
+        && !offsets::commit_final(&name, consumer.clone(), tracker.clone()).await
         && fatal_tx.borrow().is_none()
     {
         let _ = fatal_tx.send(Some(

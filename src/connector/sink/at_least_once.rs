@@ -1,15 +1,15 @@
 //! At-least-once delivery: records are enqueued in order, each acknowledgement is awaited on
-//! its own task (retried with backoff), and an input offset is stored for commit only once
-//! it and every offset before it are acknowledged.
+//! its own task (retried with backoff), and an input offset is marked for commit (in the
+//! [`OffsetTracker`], which commits it) only once it and every offset before it are
+//! acknowledged.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
-use super::super::kafka::{Ctx, OutRecord};
+use super::super::kafka::OutRecord;
 use super::super::offsets::OffsetTracker;
 use super::{enqueue, record_delivered, Pending, Sink};
 use crate::telemetry as t;
@@ -21,8 +21,6 @@ pub(in crate::connector) struct AtLeastOnce {
     pub pipeline: String,
     /// Producer of the output and dead-letter records.
     pub producer: FutureProducer,
-    /// The consumer whose offsets are stored.
-    pub consumer: Arc<StreamConsumer<Ctx>>,
     /// Which offsets may be committed.
     pub tracker: Arc<OffsetTracker>,
 }
@@ -34,7 +32,7 @@ impl AtLeastOnce {
     }
 
     /// Awaits one record's acknowledgement, re-enqueueing it with backoff until the broker
-    /// takes it, then stores its offset when every earlier one is acknowledged too.
+    /// takes it, then marks its offset for commit when every earlier one is acknowledged too.
     async fn deliver(self, item: Pending, out: OutRecord, fut: rdkafka::producer::DeliveryFuture) {
         let mut fut = fut;
         let mut backoff = Duration::from_millis(200);
@@ -61,13 +59,8 @@ impl AtLeastOnce {
             };
         }
         record_delivered(&self.pipeline, &out, item.timestamp_ms);
-        if let Some(next) = self.tracker.ack(&item.tp, item.offset, item.epoch) {
-            // Fails only when the partition was revoked meanwhile: its new owner re-reads.
-            // librdkafka's rd_kafka_offset_store commits `offset + 1`: pass the last acknowledged one.
-            if let Err(e) = self.consumer.store_offset(&item.tp.0, item.tp.1, next - 1) {
-                tracing::debug!(error = %e, "offset not stored (partition revoked?)");
-            }
-        }
+        // A no-op when the partition was revoked meanwhile: its new owner re-reads.
+        self.tracker.ack(&item.tp, item.offset, item.epoch);
         self.in_flight();
         drop(item.permit);
     }
