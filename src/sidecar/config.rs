@@ -308,9 +308,10 @@ impl ServiceConfig {
                 t.max_text_tokens
             ));
         }
-        if t.anchor_texts > 0 && !(t.anchor_weight.is_finite() && t.anchor_weight > 0.0) {
+        if let Err(e) = crate::train::Anchor::from_settings(t.anchor_texts, t.anchor_weight, false)
+        {
             errs.push(format!(
-                "`training.anchor_weight` = {}: give a positive weight (or `training.anchor_texts` = 0 to turn the anchor off)",
+                "`training.anchor_weight` = {}: {e}",
                 t.anchor_weight
             ));
         }

@@ -488,9 +488,7 @@ mod tests {
     }
 
     fn pooled_cos(head: &Head, a: &Hidden, b: &Hidden) -> f32 {
-        let (x, all, _) = pad(&[a, b], head.dim).unwrap();
-        let (p, _) = pool(&head.forward(&x, &all).unwrap(), &all).unwrap();
-        let v: Vec<Vec<f32>> = p.to_vec2().unwrap();
+        let v: Vec<Vec<f32>> = pooled(head, &[a, b]).unwrap().to_vec2().unwrap();
         v[0].iter().zip(&v[1]).map(|(x, y)| x * y).sum()
     }
 

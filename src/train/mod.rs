@@ -84,6 +84,43 @@ pub struct Anchor {
     pub only: bool,
 }
 
+/// Why anchor settings were refused; the caller names its own flag or key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AnchorError {
+    /// The weight is not a positive finite number.
+    #[error("the anchor weight {0} is not positive: give a positive weight (10 holds titles), or 0 anchor texts to turn the anchor off")]
+    Weight(f32),
+    /// Anchor-only without anchor texts: nothing would hold the titles it stops training.
+    #[error("anchor-only needs at least one anchor text per step: without an anchor, nothing would hold the titles it stops training")]
+    OnlyWithoutTexts,
+}
+
+impl Anchor {
+    /// The anchor of `per_step` texts a step at `weight`, checked; `None` (no anchor) when
+    /// `per_step` is 0.
+    pub fn from_settings(
+        per_step: usize,
+        weight: f32,
+        only: bool,
+    ) -> Result<Option<Anchor>, AnchorError> {
+        if per_step == 0 {
+            return if only {
+                Err(AnchorError::OnlyWithoutTexts)
+            } else {
+                Ok(None)
+            };
+        }
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(AnchorError::Weight(weight));
+        }
+        Ok(Some(Anchor {
+            per_step,
+            weight,
+            only,
+        }))
+    }
+}
+
 /// What a training run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {
@@ -749,6 +786,29 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anchor_settings_are_checked_and_zero_texts_turn_it_off() {
+        assert_eq!(Anchor::from_settings(0, 10.0, false), Ok(None));
+        assert_eq!(
+            Anchor::from_settings(64, 30.0, true),
+            Ok(Some(Anchor {
+                per_step: 64,
+                weight: 30.0,
+                only: true
+            }))
+        );
+        for w in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            assert!(matches!(
+                Anchor::from_settings(64, w, false),
+                Err(AnchorError::Weight(_))
+            ));
+        }
+        assert_eq!(
+            Anchor::from_settings(0, 10.0, true),
+            Err(AnchorError::OnlyWithoutTexts)
+        );
+    }
 
     #[test]
     fn a_checkpoint_resumes_only_on_the_data_it_was_written_for() {

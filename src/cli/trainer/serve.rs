@@ -675,11 +675,10 @@ fn retrain(
         resume,
         progress: false,
         max_text_tokens: tr.max_text_tokens,
-        anchor: (tr.anchor_texts > 0).then_some(train::Anchor {
-            per_step: tr.anchor_texts,
-            weight: tr.anchor_weight,
-            only: false,
-        }),
+        // Checked when the settings were loaded.
+        anchor: train::Anchor::from_settings(tr.anchor_texts, tr.anchor_weight, false)
+            .ok()
+            .flatten(),
     };
     tracing::info!(version = %state.version, positives = positives.len(), rejected = negatives.len(), replayed, resume, start = %start, "training");
     let report = train::train(

@@ -227,12 +227,16 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             data::SOURCES
         );
     }
-    if anchor_only && anchor_texts == 0 {
-        anyhow::bail!("--anchor-only needs --anchor-texts N (N ≥ 1): without an anchor, nothing would hold the titles it stops training");
-    }
-    if anchor_texts > 0 && !(anchor_weight.is_finite() && anchor_weight > 0.0) {
-        anyhow::bail!("--anchor-weight {anchor_weight}: give a positive weight (10 holds titles; 0 texts turns the anchor off)");
-    }
+    let anchor = train::Anchor::from_settings(anchor_texts, anchor_weight, anchor_only).map_err(
+        |e| match e {
+            train::AnchorError::Weight(_) => {
+                anyhow::anyhow!("--anchor-weight {anchor_weight}: {e}")
+            }
+            train::AnchorError::OnlyWithoutTexts => {
+                anyhow::anyhow!("--anchor-only without --anchor-texts N (N ≥ 1): {e}")
+            }
+        },
+    )?;
     let ecfg = EncoderConfig {
         device: Device::Cpu,
         // Training and measuring read the f32 graph, the reference every precision is
@@ -313,11 +317,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         resume,
         progress: true,
         max_text_tokens: 0,
-        anchor: (anchor_texts > 0).then_some(train::Anchor {
-            per_step: anchor_texts,
-            weight: anchor_weight,
-            only: anchor_only,
-        }),
+        anchor,
     };
     if let Some(d) = &checkpoint_dir {
         std::fs::create_dir_all(d)?;
