@@ -435,3 +435,90 @@ fn int8_graph_attached_later_is_the_one_built_with_the_model() {
     .unwrap_err();
     assert!(e.to_string().contains("not the ones"), "{e}");
 }
+
+#[test]
+fn mined_hard_negatives_are_confusions_never_positives() {
+    use uwe_connect::train::{data::Pair, mine};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("skills.jsonl");
+    let skill = |id: &str, label: &str| {
+        format!("{{\"id\": \"http://data.europa.eu/esco/skill/{id}\", \"label\": \"{label}\"}}\n")
+    };
+    std::fs::write(
+        &path,
+        [
+            skill("java", "Java (computer programming)"),
+            skill("javascript", "JavaScript"),
+            skill("python-prog", "Python (computer programming)"),
+            skill("python", "Python"),
+            skill("nurse", "provide nursing care"),
+            skill("cook", "prepare meals"),
+            skill("weld", "welding"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let mut enc = base_encoder();
+    let space = cache::encode(Arc::new(load_jsonl(&path).unwrap()), &mut enc, false).unwrap();
+    let id = |s: &str| format!("http://data.europa.eu/esco/skill/{s}");
+    let pair = |q: &str, target: &str, target_id: String| Pair {
+        query: q.into(),
+        target: target.into(),
+        target_id,
+        source: "skillskape",
+    };
+    let java = "We need someone who writes Java code every day.";
+    // The exact text of a near-duplicate of its label: ranked first, and masked.
+    let python = "Python";
+    let title = "Senior Java developer";
+    let pairs = vec![
+        // A wrong label on purpose: the model ranks Java above it, a confusion.
+        pair(java, "prepare meals", id("cook")),
+        pair(python, "Python (computer programming)", id("python-prog")),
+        // Not a skill: never mined.
+        pair(
+            title,
+            "software developer",
+            "http://data.europa.eu/esco/occupation/x".into(),
+        ),
+    ];
+    let scorer = ScorerSpec::Pooled;
+    let (negs, report) = mine::confusions(&mut enc, &space, scorer, &pairs, 2, false).unwrap();
+    assert_eq!(report.texts, 2, "{report:?}");
+    assert!(
+        report.masked >= 1,
+        "'Python' above its label is masked: {report:?}"
+    );
+    assert_eq!(report.negatives, negs.len());
+    assert!(
+        negs.iter()
+            .any(|n| n.query == java && n.target_id == id("java")),
+        "Java is ranked above the wrong label: {negs:?}"
+    );
+    assert!(
+        negs.iter().filter(|n| n.query == java).count() <= 2,
+        "at most 2 per text"
+    );
+    for n in &negs {
+        assert_ne!(n.query, title, "an occupation-side text is not mined");
+        assert!(
+            !pairs
+                .iter()
+                .any(|p| p.query == n.query && p.target_id == n.target_id),
+            "a positive mined as a negative: {n:?}"
+        );
+        assert!(
+            !(n.query == python && n.target_id == id("python")),
+            "'Python' is inside the positive's label: masked, {negs:?}"
+        );
+        // Every one was ranked above the text's label.
+        let e = enc.encode(&[n.query.as_str()]).unwrap();
+        let hits = rank(&space, &e[0], 0, scorer);
+        let at = |want: &str| {
+            hits.iter()
+                .position(|h| space.space.concepts[h.index].id == want)
+        };
+        let positive = pairs.iter().find(|p| p.query == n.query).unwrap();
+        assert!(at(&n.target_id) < at(&positive.target_id), "{n:?}");
+    }
+}

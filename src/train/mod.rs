@@ -15,6 +15,7 @@ pub mod bert;
 pub mod data;
 mod gate;
 pub mod head;
+pub mod mine;
 pub mod pseudo;
 
 pub use gate::{build_candidate, default_dev_tasks, dev_scores, DevTask};

@@ -1,6 +1,7 @@
 //! The `uwe-trainer` binary: one module per subcommand, each with its arguments.
 
 mod mentions;
+mod merge;
 mod pseudo;
 mod publish;
 mod serve;
@@ -31,6 +32,11 @@ enum Cmd {
     ///           uwe-trainer train --train head --steps 600 --lr 5e-4 --registry registry
     ///           uwe-trainer train --train layers:1 --steps 30 --no-gate   (speed only)
     Train(train::TrainArgs),
+    /// Interpolate the trained weights of two models of the same base (WiSE-FT: (1 − α)·from
+    /// + α·to), gate the result against the current model, publish it if it is at least as good.
+    ///
+    /// Example: uwe-trainer merge --from models/uwe-minilm-l6 --to registry/rejected/uwe-1796338958 --alpha 0.5
+    Merge(merge::MergeArgs),
     /// Train the skill-mention tagger on a model's token embeddings (SkillSpan BIO tags),
     /// measure it on the dev sentences and attach it to the model directory (and to any
     /// further directory holding a manifest of the same model, such as `trained/<name>`).
@@ -61,6 +67,7 @@ pub fn main() -> ExitCode {
     crate::telemetry::init_logs();
     let r = match Cli::parse().cmd {
         Cmd::Train(a) => train::run(a),
+        Cmd::Merge(a) => merge::run(a),
         Cmd::Mentions(a) => mentions::run(a),
         Cmd::PseudoLabel(a) => pseudo::run(a),
         Cmd::Serve(a) => serve::run(a),

@@ -23,8 +23,9 @@ pub(super) struct Candidate {
     pub staging: PathBuf,
     /// The late scorer it was trained with.
     pub late: ScorerSpec,
-    /// The training run's report.
-    pub report: train::TrainReport,
+    /// How it was made: the training run's report, or the merge's settings (the gate
+    /// report's `train`).
+    pub train: serde_json::Value,
     /// `--current`, if given.
     pub current: Option<PathBuf>,
     /// The registry.
@@ -69,7 +70,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
         version,
         staging,
         late,
-        report,
+        train: made,
         current,
         registry,
         data_dir,
@@ -170,7 +171,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
         "current": cur_dir.manifest.version,
         "margin": margin,
         "published": wins,
-        "train": report,
+        "train": made,
         "candidate": cand_scores,
         "current_scores": cur_scores,
         "scorer": scorer,

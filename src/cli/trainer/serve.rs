@@ -715,7 +715,7 @@ fn retrain(
         registry: &svc.registry,
         current: &current,
         version: &state.version,
-        trainable: trainable.as_ref(),
+        weights: trainable.export().map_err(|e| anyhow::anyhow!("{e}"))?,
         late,
         training_data,
     })?;
@@ -724,7 +724,7 @@ fn retrain(
         version: state.version.clone(),
         staging,
         late,
-        report,
+        train: serde_json::to_value(&report)?,
         current: Some(current),
         registry: svc.registry.clone(),
         data_dir: svc.data_dir.clone(),

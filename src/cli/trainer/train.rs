@@ -75,6 +75,14 @@ pub(crate) struct TrainArgs {
     /// InfoNCE batches are left out): a fine-tune that trains skills and holds titles.
     #[arg(long)]
     anchor_only: bool,
+    /// Hard negatives per skill-side text (0: none): skills that `--mine-with` ranks above
+    /// every label of the text, masked where one is likely a positive under another name
+    /// (`train::mine`). Each is an extra negative of its text in the InfoNCE.
+    #[arg(long, default_value_t = 0)]
+    hard_negatives: usize,
+    /// The model that mines the hard negatives (default: the model the candidate must beat).
+    #[arg(long)]
+    mine_with: Option<PathBuf>,
     /// Real job-ad sentences with pseudo-labels, JSONL {"text", "label_id", ...}, from
     /// `uwe-trainer pseudo-label` (source `skillspan_pseudo`).
     #[arg(long)]
@@ -191,6 +199,8 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         anchor_texts,
         anchor_weight,
         anchor_only,
+        hard_negatives,
+        mine_with,
         pseudo_labels,
         feedback,
         job_titles,
@@ -296,6 +306,36 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         train_pairs.len(),
         dev_pairs.len()
     );
+    let (negatives, mined) = if hard_negatives > 0 {
+        let dir = mine_with.unwrap_or_else(|| current_dir(current.as_deref(), &registry));
+        let m = ModelDir::open(&dir).with_context(|| format!("--mine-with {}", dir.display()))?;
+        let scorer = m.manifest.scorer_for("esco-skills");
+        let mut menc = crate::encoder::Encoder::load(&m, &ecfg)?;
+        let space = crate::space::cache::load_named(
+            "esco-skills",
+            &data_dir,
+            &mut menc,
+            &crate::space::cache::default_cache_dir(),
+            true,
+            None,
+        )?;
+        let (negs, r) = train::mine::confusions(
+            &mut menc,
+            &space,
+            scorer,
+            &train_pairs,
+            hard_negatives,
+            true,
+        )?;
+        eprintln!(
+            "hard negatives mined with {}: {}",
+            m.manifest.version,
+            serde_json::to_string(&r)?
+        );
+        (negs, Some((m.manifest.version.clone(), r)))
+    } else {
+        (vec![], None)
+    };
     let objective = Objective {
         late: terms.late,
         attend: terms.attend.then_some(AttendTerm {
@@ -327,7 +367,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         trainable.as_ref(),
         &train_pairs,
         &dev_pairs,
-        &[],
+        &negatives,
         &spec,
     )?;
     eprintln!("{}", serde_json::to_string(&report)?);
@@ -358,6 +398,20 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             _ => "",
         },
     ));
+    if let Some((by, r)) = &mined {
+        training_data.push(format!(
+            "hard negatives: up to {hard_negatives} per skill-side text, the skills {by} ranked above every label of the text: {} negatives on {} of {} texts ({} masked as likely positives)",
+            r.negatives, r.confused, r.texts, r.masked
+        ));
+    }
+    if let Some(a) = anchor {
+        training_data.push(format!(
+            "anchor: {} occupation-side texts per step held at the starting weights' embeddings, weight {}{}",
+            a.per_step,
+            a.weight,
+            if a.only { ", occupation pairs anchored only" } else { "" }
+        ));
+    }
     let late = ScorerSpec::Late {
         temperature,
         rerank_top: 100,
@@ -368,7 +422,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         registry: &registry,
         current: &current_dir(current.as_deref(), &registry),
         version: &version,
-        trainable: trainable.as_ref(),
+        weights: trainable.export().map_err(|e| anyhow::anyhow!("{e}"))?,
         late,
         training_data,
     })?;
@@ -378,7 +432,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         version,
         staging,
         late,
-        report,
+        train: serde_json::to_value(&report)?,
         current,
         registry,
         data_dir,
@@ -404,8 +458,8 @@ pub(super) struct Stage<'a> {
     pub current: &'a Path,
     /// The candidate's version.
     pub version: &'a str,
-    /// The trained part.
-    pub trainable: &'a dyn train::head::Trainable,
+    /// The trained weights, named as [`train::head::Trainable::export`] names them.
+    pub weights: Vec<(String, candle_core::Tensor)>,
     /// The late scorer it was trained with.
     pub late: ScorerSpec,
     /// The model card's training-data lines.
@@ -420,10 +474,7 @@ pub(super) fn stage_candidate(s: &Stage<'_>) -> anyhow::Result<(ModelDir, PathBu
     let trained_path = s
         .registry
         .join(format!(".trained-{}.safetensors", s.version));
-    train::write_trained(
-        &trained_path,
-        &s.trainable.export().map_err(|e| anyhow::anyhow!("{e}"))?,
-    )?;
+    train::write_trained(&trained_path, &s.weights)?;
     let cand = train::build_candidate(
         s.base,
         s.base_files,
