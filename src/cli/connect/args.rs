@@ -15,9 +15,11 @@ pub(crate) const DEFAULT_MODEL_DIR: &str = "models/default";
 
 #[derive(Args, Clone)]
 pub(crate) struct RuntimeArgs {
-    /// Model directory (manifest.json, model.onnx, tokenizer.json).
-    #[arg(long, env = "UWE_MODEL", default_value = DEFAULT_MODEL_DIR)]
-    pub(crate) model: PathBuf,
+    /// Model directory (manifest.json, model.onnx, tokenizer.json) [default: models/default].
+    /// Kept as given (or not): `eval --postings` overrides its pipeline file's model only
+    /// with a model named here, the default one included.
+    #[arg(long, env = "UWE_MODEL")]
+    pub(crate) model: Option<PathBuf>,
     /// auto, cpu or cuda.
     #[arg(long, env = "UWE_DEVICE", default_value = "auto")]
     pub(crate) device: Device,
@@ -58,9 +60,17 @@ impl RuntimeArgs {
         }
     }
 
+    /// The model directory: `--model`, else `models/default`.
+    pub(crate) fn model(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_DIR))
+    }
+
     pub(crate) fn load_encoder(&self) -> anyhow::Result<Encoder> {
-        let mut dir = ModelDir::open(&self.model)
-            .with_context(|| format!("opening model directory {}", self.model.display()))?;
+        let model = self.model();
+        let mut dir = ModelDir::open(&model)
+            .with_context(|| format!("opening model directory {}", model.display()))?;
         if let Some(t) = &self.target_text {
             dir.manifest.target_text = serde_json::from_value(serde_json::Value::String(t.clone()))
                 .with_context(|| {

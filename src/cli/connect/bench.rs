@@ -59,7 +59,7 @@ pub(crate) fn run(a: BenchArgs) -> anyhow::Result<()> {
             ..
         } => crate::bench::run_encoder_bench(
             &rt.encoder_config(),
-            &rt.model,
+            &rt.model(),
             &rt.data_dir,
             &rt.cache_dir(),
             n,
@@ -70,9 +70,12 @@ pub(crate) fn run(a: BenchArgs) -> anyhow::Result<()> {
             pipeline,
             rt,
             ..
-        } => {
-            crate::bench::run_swap_bench(&pipeline, &rt.model, &rt.encoder_config(), &rt.data_dir)?
-        }
+        } => crate::bench::run_swap_bench(
+            &pipeline,
+            &rt.model(),
+            &rt.encoder_config(),
+            &rt.data_dir,
+        )?,
         BenchArgs {
             kind: BenchKind::Pipeline,
             events,
@@ -99,7 +102,7 @@ pub(crate) fn run(a: BenchArgs) -> anyhow::Result<()> {
                 brokers,
                 events,
                 encoder: rt.encoder_config(),
-                model: rt.model.clone(),
+                model: rt.model(),
                 data_dir: rt.data_dir.clone(),
                 max_batch_tokens,
                 precisions,

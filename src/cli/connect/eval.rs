@@ -1,7 +1,7 @@
 //! `uwe-connect eval`: task files (MAP, RP@k, MRR), f32 against int8, and whole postings.
 
 use super::args::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::bail;
 
@@ -94,7 +94,7 @@ pub(crate) fn run(a: EvalArgs) -> anyhow::Result<()> {
         compare(a, [f32, int8], |enc| enc.precision().to_string())
     } else if let Some(other) = a.against.clone() {
         let base = RuntimeArgs {
-            model: other,
+            model: Some(other),
             ..a.rt.clone()
         };
         let rt = a.rt.clone();
@@ -125,10 +125,10 @@ fn postings(a: EvalArgs) -> anyhow::Result<()> {
     } = a;
     let config = config.expect("clap requires --config with --postings");
     let mut cfg = PipelineConfig::load(&config)?;
-    // The runtime flags that differ from their defaults override the pipeline file, as its
-    // `UWE__…` variables do; ignored, `--model` silently evaluated the file's model instead.
-    if rt.model != Path::new(DEFAULT_MODEL_DIR) {
-        cfg.model.dir = rt.model;
+    // The runtime flags given override the pipeline file, as its `UWE__…` variables do;
+    // ignored, `--model` silently evaluated the file's model instead.
+    if let Some(model) = rt.model {
+        cfg.model.dir = model;
         cfg.model.registry = None;
         cfg.model.pin = None;
     }
