@@ -92,7 +92,7 @@ pub(crate) fn interpolate(
 }
 
 /// A model directory's trained weights and manifest.
-fn open(dir: &Path, flag: &str) -> anyhow::Result<(ModelDir, std::path::PathBuf)> {
+fn open(dir: &Path, flag: &str) -> anyhow::Result<(ModelDir, PathBuf)> {
     let m = ModelDir::open(dir).with_context(|| format!("{flag} {}", dir.display()))?;
     let trained = dir.join(train::TRAINED_FILE);
     if !trained.is_file() {

@@ -237,6 +237,14 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             data::SOURCES
         );
     }
+    if hard_negatives == 0 {
+        if let Some(m) = &mine_with {
+            anyhow::bail!(
+                "--mine-with {}: give --hard-negatives K (K ≥ 1) too; without it nothing is mined",
+                m.display()
+            );
+        }
+    }
     let anchor = train::Anchor::from_settings(anchor_texts, anchor_weight, anchor_only).map_err(
         |e| match e {
             train::AnchorError::Weight(_) => {
