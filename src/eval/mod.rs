@@ -121,13 +121,7 @@ pub fn score_queries(
     scorer: ScorerSpec,
     progress: bool,
 ) -> Result<QueryScores> {
-    let index: HashMap<&str, usize> = space
-        .space
-        .concepts
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.id.as_str(), i))
-        .collect();
+    let index = space.space.index_by_id();
     let kept: Vec<(&Task, HashSet<usize>)> = tasks
         .iter()
         .filter_map(|t| {

@@ -91,6 +91,15 @@ impl TargetSpace {
         }
     }
 
+    /// Concept indices by id.
+    pub fn index_by_id(&self) -> std::collections::HashMap<&str, usize> {
+        self.concepts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.as_str(), i))
+            .collect()
+    }
+
     /// Concept ids by lower-cased preferred label (how labelled data names ESCO concepts).
     pub fn ids_by_label(&self) -> std::collections::HashMap<String, &str> {
         self.concepts

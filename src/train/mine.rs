@@ -71,13 +71,7 @@ pub fn confusions(
     progress: bool,
 ) -> Result<(Vec<Pair>, MineReport)> {
     let t0 = std::time::Instant::now();
-    let index: HashMap<&str, usize> = space
-        .space
-        .concepts
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.id.as_str(), i))
-        .collect();
+    let index = space.space.index_by_id();
     // Positives by text, in first-seen order (a deterministic result).
     let mut order: Vec<&str> = Vec::new();
     let mut positives: HashMap<&str, HashSet<usize>> = HashMap::new();

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use crate::encoder::{Device, EncoderConfig, PrecisionChoice};
 use crate::mentions::train as mtrain;
 
 /// Arguments of `uwe-trainer mentions`.
@@ -72,15 +71,7 @@ pub(crate) fn run(a: MentionsArgs) -> anyhow::Result<()> {
         layers,
         threads,
     } = a;
-    let ecfg = EncoderConfig {
-        device: Device::Cpu,
-        // Training and measuring read the f32 graph, the reference every precision is
-        // compared with.
-        precision: PrecisionChoice::F32,
-        intra_threads: threads,
-        cache_bytes: 0,
-        ..Default::default()
-    };
+    let ecfg = super::reference_encoder(threads);
     let opts = mtrain::TrainOptions {
         hidden,
         epochs,

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::publish;
-use super::train::{current_dir, stage_candidate, Stage};
-use crate::encoder::{Device, EncoderConfig, PrecisionChoice};
+use super::train::{current_dir, stage_candidate, GateArgs, Stage};
 use crate::model::{ModelDir, ScorerSpec};
 use crate::train;
 
@@ -30,30 +29,8 @@ pub(crate) struct MergeArgs {
     /// How far from `--from` towards `--to`, in [0, 1]: weights (1 − α)·from + α·to.
     #[arg(long)]
     alpha: f64,
-    /// Base model directory (the weights the trained ones replace).
-    #[arg(long, default_value = "models/base")]
-    base: PathBuf,
-    /// Folder with the base weights (model.safetensors, config.json), from scripts/setup.
-    #[arg(long, default_value = ".uwe/base")]
-    base_files: PathBuf,
-    /// Model registry: versions are published as <registry>/<version>, `current` points at the newest.
-    #[arg(long, default_value = "registry")]
-    registry: PathBuf,
-    /// Model the candidate must beat (default: <registry>/current, else models/default).
-    #[arg(long)]
-    current: Option<PathBuf>,
-    /// Required MAP gain on every dev task (points; negative tolerates a loss).
-    #[arg(long, default_value_t = 0.0)]
-    margin: f64,
-    /// Kafka brokers and control topic to announce a published model on.
-    #[arg(long)]
-    brokers: Option<String>,
-    #[arg(long, default_value = "uwe.models")]
-    control_topic: String,
-    #[arg(long, env = "UWE_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
-    #[arg(long, env = "UWE_THREADS", default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    gate: GateArgs,
 }
 
 /// `(1 − alpha)·from + alpha·to`, tensor by tensor, in `to`'s order. The two must name the
@@ -110,15 +87,18 @@ pub(crate) fn run(a: MergeArgs) -> anyhow::Result<()> {
         from,
         to,
         alpha,
-        base,
-        base_files,
-        registry,
-        current,
-        margin,
-        brokers,
-        control_topic,
-        data_dir,
-        threads,
+        gate:
+            GateArgs {
+                base,
+                base_files,
+                registry,
+                current,
+                margin,
+                brokers,
+                control_topic,
+                data_dir,
+                threads,
+            },
     } = a;
     let (from_dir, from_trained) = open(&from, "--from")?;
     let (to_dir, to_trained) = open(&to, "--to")?;
@@ -176,13 +156,7 @@ pub(crate) fn run(a: MergeArgs) -> anyhow::Result<()> {
         late,
         training_data,
     })?;
-    let ecfg = EncoderConfig {
-        device: Device::Cpu,
-        precision: PrecisionChoice::F32,
-        intra_threads: threads,
-        cache_bytes: 0,
-        ..Default::default()
-    };
+    let ecfg = super::reference_encoder(threads);
     publish::gate_and_publish(publish::Candidate {
         dir: cand,
         version,

@@ -9,6 +9,8 @@ mod train;
 
 use std::process::ExitCode;
 
+use crate::encoder::{Device, EncoderConfig, PrecisionChoice};
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -59,6 +61,18 @@ enum Cmd {
     ///
     /// Example: uwe-trainer check --config deploy/trainer.toml
     Check(serve::ServeArgs),
+}
+
+/// Encoder settings of every trainer subcommand: CPU, and the f32 graph, the reference
+/// every precision is compared with (training and measuring read it); no query cache.
+pub(crate) fn reference_encoder(threads: usize) -> EncoderConfig {
+    EncoderConfig {
+        device: Device::Cpu,
+        precision: PrecisionChoice::F32,
+        intra_threads: threads,
+        cache_bytes: 0,
+        ..Default::default()
+    }
 }
 
 /// Parses the command line, runs the subcommand, and turns an error into exit code 1 with

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::encoder::{Device, Encoder, EncoderConfig, PrecisionChoice};
+use crate::encoder::Encoder;
 use crate::mentions::read_sentences;
 use crate::model::ModelDir;
 use crate::space::cache;
@@ -47,15 +47,7 @@ pub(crate) struct PseudoArgs {
 /// Runs `uwe-trainer pseudo-label` with these arguments.
 pub(crate) fn run(a: PseudoArgs) -> anyhow::Result<()> {
     let dir = ModelDir::open(&a.model).with_context(|| format!("model {}", a.model.display()))?;
-    let ecfg = EncoderConfig {
-        device: Device::Cpu,
-        // Training and measuring read the f32 graph, the reference every precision is
-        // compared with.
-        precision: PrecisionChoice::F32,
-        intra_threads: a.threads,
-        cache_bytes: 0,
-        ..Default::default()
-    };
+    let ecfg = super::reference_encoder(a.threads);
     let mut enc = Encoder::load(&dir, &ecfg)?;
     // Pooled cosines: a span is ranked as the connector ranks a mention.
     let scorer = crate::model::ScorerSpec::Pooled;

@@ -20,7 +20,6 @@ use super::train::{stage_candidate, Stage};
 use crate::connector::codec::ValueDecoder;
 use crate::connector::http::{self, Health};
 use crate::connector::sink::{dead_letter, DeadLetterSource};
-use crate::encoder::{Device, EncoderConfig, PrecisionChoice};
 use crate::error::ErrorClass;
 use crate::model::{ModelDir, ScorerSpec};
 use crate::sidecar::config::ServiceConfig;
@@ -626,15 +625,7 @@ fn retrain(
     for _ in 0..tr.feedback_repeat {
         train_pairs.extend(positives.iter().cloned());
     }
-    let ecfg = EncoderConfig {
-        device: Device::Cpu,
-        // Training and measuring read the f32 graph, the reference every precision is
-        // compared with.
-        precision: PrecisionChoice::F32,
-        intra_threads: svc.threads,
-        cache_bytes: 0,
-        ..Default::default()
-    };
+    let ecfg = super::reference_encoder(svc.threads);
     let base_dir = ModelDir::open(&svc.base)
         .with_context(|| format!("`service.base` = {}", svc.base.display()))?;
     let scratch = tempfile::tempdir()?;

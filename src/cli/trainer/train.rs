@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::publish;
-use crate::encoder::{Device, EncoderConfig, PrecisionChoice};
 use crate::model::{self, ModelDir, ScorerSpec};
 use crate::rank;
 use crate::train::head::{AttendTerm, Objective};
@@ -16,25 +15,12 @@ use crate::train::{self, data, TrainSpec};
 /// Arguments of `uwe-trainer train`.
 #[derive(clap::Args)]
 pub(crate) struct TrainArgs {
-    /// Base model directory (training starts from its weights).
-    #[arg(long, default_value = "models/base")]
-    base: PathBuf,
+    #[command(flatten)]
+    gate: GateArgs,
     /// What to train: `layers:N` (the top N transformer layers) or `head` (a residual
     /// projection head on the frozen last hidden states).
     #[arg(long = "train", default_value = "layers:3", value_parser = parse_trained)]
     trained: train::Trained,
-    /// Folder with the base weights (model.safetensors, config.json), from scripts/setup.
-    #[arg(long, default_value = ".uwe/base")]
-    base_files: PathBuf,
-    /// Model registry: versions are published as <registry>/<version>, `current` points at the newest.
-    #[arg(long, default_value = "registry")]
-    registry: PathBuf,
-    /// Model the candidate must beat (default: <registry>/current, else models/default).
-    #[arg(long)]
-    current: Option<PathBuf>,
-    /// Required MAP gain on every dev task (points; negative tolerates a loss).
-    #[arg(long, default_value_t = 0.0)]
-    margin: f64,
     /// Optimiser steps (default: 1150 for layers, the shipped recipe; 2000 for the head).
     #[arg(long)]
     steps: Option<usize>,
@@ -119,15 +105,35 @@ pub(crate) struct TrainArgs {
     /// Stop after training and print its report (steps/s, losses): no candidate, no gate.
     #[arg(long)]
     no_gate: bool,
+}
+
+/// What building, gating and publishing a candidate needs: `train` and `merge` take the same.
+#[derive(clap::Args)]
+pub(super) struct GateArgs {
+    /// Base model directory (the weights training starts from, and the trained ones replace).
+    #[arg(long, default_value = "models/base")]
+    pub base: PathBuf,
+    /// Folder with the base weights (model.safetensors, config.json), from scripts/setup.
+    #[arg(long, default_value = ".uwe/base")]
+    pub base_files: PathBuf,
+    /// Model registry: versions are published as <registry>/<version>, `current` points at the newest.
+    #[arg(long, default_value = "registry")]
+    pub registry: PathBuf,
+    /// Model the candidate must beat (default: <registry>/current, else models/default).
+    #[arg(long)]
+    pub current: Option<PathBuf>,
+    /// Required MAP gain on every dev task (points; negative tolerates a loss).
+    #[arg(long, default_value_t = 0.0)]
+    pub margin: f64,
     /// Kafka brokers and control topic to announce a published model on.
     #[arg(long)]
-    brokers: Option<String>,
+    pub brokers: Option<String>,
     #[arg(long, default_value = "uwe.models")]
-    control_topic: String,
+    pub control_topic: String,
     #[arg(long, env = "UWE_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
     #[arg(long, env = "UWE_THREADS", default_value_t = 0)]
-    threads: usize,
+    pub threads: usize,
 }
 
 fn parse_trained(s: &str) -> Result<train::Trained, String> {
@@ -182,12 +188,19 @@ fn parse_repeat(s: &str) -> Result<(String, usize), String> {
 /// Runs `uwe-trainer train` with these arguments.
 pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
     let TrainArgs {
-        base,
+        gate:
+            GateArgs {
+                base,
+                base_files,
+                registry,
+                current,
+                margin,
+                brokers,
+                control_topic,
+                data_dir,
+                threads,
+            },
         trained,
-        base_files,
-        registry,
-        current,
-        margin,
         steps,
         batch,
         lr,
@@ -212,10 +225,6 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         checkpoint_every,
         resume,
         no_gate,
-        brokers,
-        control_topic,
-        data_dir,
-        threads,
     } = a;
     let (steps, lr) = match trained {
         train::Trained::Head => (steps.unwrap_or(2000), lr.unwrap_or(2e-3)),
@@ -255,15 +264,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             }
         },
     )?;
-    let ecfg = EncoderConfig {
-        device: Device::Cpu,
-        // Training and measuring read the f32 graph, the reference every precision is
-        // compared with.
-        precision: PrecisionChoice::F32,
-        intra_threads: threads,
-        cache_bytes: 0,
-        ..Default::default()
-    };
+    let ecfg = super::reference_encoder(threads);
     let base_dir =
         ModelDir::open(&base).with_context(|| format!("base model {}", base.display()))?;
     let scratch = tempfile::tempdir()?;
