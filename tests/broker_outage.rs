@@ -51,4 +51,7 @@ fn broker_outage_of_ten_seconds_loses_nothing() {
     );
     assert!(c.terminate().success(), "log:\n{}", c.log());
     assert_eq!(committed(&t.group, &t.input, 2), vec![60, 60]);
+    // The outage outlasts the session (3 s in tests): the partitions are lost, not revoked,
+    // and are forgotten without a commit that could only wait for the broker.
+    assert!(c.log().contains("assignment lost"), "log:\n{}", c.log());
 }

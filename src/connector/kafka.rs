@@ -2,7 +2,7 @@
 //! records and their headers.
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::{ClientContext, Statistics};
@@ -44,6 +44,14 @@ impl ConsumerContext for Ctx {
                     .iter()
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
+                if consumer.assignment_lost() {
+                    // The session expired (the coordinator was out of reach, or this member
+                    // stalled): the partitions may already be another member's, a commit
+                    // would be refused, and waiting for it would hold the polling thread.
+                    tracing::warn!(pipeline = %self.pipeline, partitions = %partition_list(tpl), "assignment lost; its unacknowledged records will be re-read by the next owner");
+                    self.tracker.forget(&tps);
+                    return;
+                }
                 // Commit what was acknowledged before the partitions move (at-least-once;
                 // in exactly-once mode nothing is stored here, the transactions commit).
                 match self.tracker.revoke_committing(consumer, &tps) {

@@ -137,6 +137,16 @@ impl OffsetTracker {
         r
     }
 
+    /// `tps` were lost (the group moved them on without this member): forgets them without
+    /// a commit. Under the commit lock, so that no periodic commit still names them once this
+    /// returns (it waits for one in flight).
+    pub fn forget(&self, tps: &[Tp]) {
+        let _one_at_a_time = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        for tp in tps {
+            self.revoke(tp);
+        }
+    }
+
     /// The commit itself; the caller holds `commits`.
     fn commit_owned<X: ConsumerContext, C: Consumer<X>>(
         &self,
