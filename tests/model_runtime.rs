@@ -483,7 +483,18 @@ fn mined_hard_negatives_are_confusions_never_positives() {
         ),
     ];
     let scorer = ScorerSpec::Pooled;
-    let (negs, report) = mine::confusions(&mut enc, &space, scorer, &pairs, 2, false).unwrap();
+    let (negs, report) = mine::confusions(
+        &mut enc,
+        &space,
+        scorer,
+        &pairs,
+        &mine::MineSpec {
+            confusions: 2,
+            ..Default::default()
+        },
+        false,
+    )
+    .unwrap();
     assert_eq!(report.texts, 2, "{report:?}");
     assert!(
         report.masked >= 1,

@@ -225,3 +225,29 @@ fn shipped_job_titles_are_the_training_half_of_the_split_and_share_no_dev_title(
     );
     assert!(dev.len() > 7000 && shipped.len() > 7000);
 }
+
+#[test]
+fn esco_skill_hierarchy_knows_programming_languages_are_siblings_under_programming() {
+    use uwe_connect::space::TargetSpace;
+    use uwe_connect::train::mine::Hierarchy;
+    let data_dir = root().join("data");
+    let space = TargetSpace::resolve("esco-skills", &data_dir).unwrap();
+    let h = Hierarchy::load(&data_dir, &space).unwrap();
+    let at = |label: &str| {
+        space
+            .concepts
+            .iter()
+            .position(|c| c.label == label)
+            .unwrap_or_else(|| panic!("{label} is an ESCO v1.1.1 skill"))
+    };
+    let (python, java, programming, nursing) = (
+        at("Python (computer programming)"),
+        at("Java (computer programming)"),
+        at("computer programming"),
+        at("plan nursing care"),
+    );
+    assert!(h.siblings(python, java), "both under computer programming");
+    assert!(h.nested(python, programming) && h.nested(programming, java));
+    assert!(!h.nested(python, java));
+    assert!(!h.siblings(python, nursing) && !h.nested(python, nursing));
+}

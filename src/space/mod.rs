@@ -48,7 +48,7 @@ pub struct TargetSpace {
 }
 
 impl TargetSpace {
-    fn new(name: String, taxonomy_version: String, concepts: Vec<Concept>) -> Self {
+    pub(crate) fn new(name: String, taxonomy_version: String, concepts: Vec<Concept>) -> Self {
         let mut h = Sha256::new();
         for c in &concepts {
             h.update(c.id.as_bytes());
@@ -155,7 +155,21 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Reads one member of the ESCO classification zip.
 pub fn read_esco_member(data_dir: &Path, member: &str) -> Result<Vec<u8>> {
-    let zpath = data_dir.join(ESCO_ZIP);
+    read_zip_member(&data_dir.join(ESCO_ZIP), member)
+}
+
+/// ESCO's language-independent relations (`occupationSkillRelations.csv`,
+/// `broaderRelationsSkillPillar.csv`, ...), under the data directory.
+pub const ESCO_RELATIONS_ZIP: &str =
+    "esco/v1.1.1/esco_v1.1.1_classification_language-independent_csv.zip";
+
+/// The bytes of one member of ESCO's relations zip ([`ESCO_RELATIONS_ZIP`]).
+pub fn read_esco_relations(data_dir: &Path, member: &str) -> Result<Vec<u8>> {
+    read_zip_member(&data_dir.join(ESCO_RELATIONS_ZIP), member)
+}
+
+fn read_zip_member(zpath: &Path, member: &str) -> Result<Vec<u8>> {
+    let zpath = zpath.to_path_buf();
     let f = std::fs::File::open(&zpath).map_err(ModelError::io(&zpath))?;
     let mut zip = zip::ZipArchive::new(f).map_err(|e| ModelError::BadLine {
         path: zpath.clone(),

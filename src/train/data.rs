@@ -3,13 +3,12 @@
 //! skills, and analysts' feedback pairs.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
-use crate::space::{TargetSpace, ESCO_ZIP};
+use crate::space::TargetSpace;
 
 /// One positive pair: a text and the concept it names (`target` is the concept's text as
 /// the runtime embeds it, its preferred label).
@@ -356,15 +355,7 @@ pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
             .iter()
             .map(|c| (c.id.as_str(), c.label.as_str()))
             .collect();
-        let zpath = data_dir.join(ESCO_ZIP.replace("_en_csv", "_language-independent_csv"));
-        let f = std::fs::File::open(&zpath).map_err(ModelError::io(&zpath))?;
-        let mut zip = zip::ZipArchive::new(f)
-            .map_err(|e| ModelError::Invalid(format!("{}: {e}", zpath.display())))?;
-        let mut buf = Vec::new();
-        zip.by_name("occupationSkillRelations.csv")
-            .map_err(|e| ModelError::Invalid(format!("{}: {e}", zpath.display())))?
-            .read_to_end(&mut buf)
-            .map_err(ModelError::io(&zpath))?;
+        let buf = crate::space::read_esco_relations(data_dir, "occupationSkillRelations.csv")?;
         let mut per_occ: HashMap<String, usize> = HashMap::new();
         let mut rdr = csv::Reader::from_reader(buf.as_slice());
         for rec in rdr.records().flatten() {

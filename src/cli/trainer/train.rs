@@ -66,6 +66,12 @@ pub(crate) struct TrainArgs {
     /// (`train::mine`). Each is an extra negative of its text in the InfoNCE.
     #[arg(long, default_value_t = 0)]
     hard_negatives: usize,
+    /// Sibling negatives per skill-side text (0: none): the skills under the same broader
+    /// concept as one of the text's labels in ESCO's skill hierarchy that `--mine-with` ranks
+    /// highest for the text, wherever they rank; masked like `--hard-negatives`, and a
+    /// label's broader or narrower skill is never one.
+    #[arg(long, default_value_t = 0)]
+    sibling_negatives: usize,
     /// The model that mines the hard negatives (default: the model the candidate must beat).
     #[arg(long)]
     mine_with: Option<PathBuf>,
@@ -213,6 +219,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         anchor_weight,
         anchor_only,
         hard_negatives,
+        sibling_negatives,
         mine_with,
         pseudo_labels,
         feedback,
@@ -246,10 +253,11 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             data::SOURCES
         );
     }
-    if hard_negatives == 0 {
+    let mining = hard_negatives > 0 || sibling_negatives > 0;
+    if !mining {
         if let Some(m) = &mine_with {
             anyhow::bail!(
-                "--mine-with {}: give --hard-negatives K (K ≥ 1) too; without it nothing is mined",
+                "--mine-with {}: give --hard-negatives K or --sibling-negatives K (K ≥ 1) too; without one nothing is mined",
                 m.display()
             );
         }
@@ -315,7 +323,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         train_pairs.len(),
         dev_pairs.len()
     );
-    let (negatives, mined) = if hard_negatives > 0 {
+    let (negatives, mined) = if mining {
         let dir = mine_with.unwrap_or_else(|| current_dir(current.as_deref(), &registry));
         let m = ModelDir::open(&dir).with_context(|| format!("--mine-with {}", dir.display()))?;
         let scorer = m.manifest.scorer_for("esco-skills");
@@ -328,14 +336,18 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             true,
             None,
         )?;
-        let (negs, r) = train::mine::confusions(
-            &mut menc,
-            &space,
-            scorer,
-            &train_pairs,
-            hard_negatives,
-            true,
-        )?;
+        let hierarchy = if sibling_negatives > 0 {
+            Some(train::mine::Hierarchy::load(&data_dir, &space.space)?)
+        } else {
+            None
+        };
+        let spec = train::mine::MineSpec {
+            confusions: hard_negatives,
+            siblings: sibling_negatives,
+            hierarchy: hierarchy.as_ref(),
+        };
+        let (negs, r) =
+            train::mine::confusions(&mut menc, &space, scorer, &train_pairs, &spec, true)?;
         eprintln!(
             "hard negatives mined with {}: {}",
             m.manifest.version,
@@ -408,8 +420,16 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         },
     ));
     if let Some((by, r)) = &mined {
+        let siblings = if sibling_negatives > 0 {
+            format!(
+                ", and up to {sibling_negatives} of its labels' siblings in ESCO's skill hierarchy that {by} ranks highest ({} kept)",
+                r.siblings
+            )
+        } else {
+            String::new()
+        };
         training_data.push(format!(
-            "hard negatives: up to {hard_negatives} per skill-side text, the skills {by} ranked above every label of the text: {} negatives on {} of {} texts ({} masked as likely positives)",
+            "hard negatives: up to {hard_negatives} per skill-side text, the skills {by} ranked above every label of the text{siblings}: {} negatives on {} of {} texts confused ({} masked as likely positives)",
             r.negatives, r.confused, r.texts, r.masked
         ));
     }
