@@ -47,6 +47,37 @@ impl Objective {
             attend: None,
         }
     }
+
+    /// The objective of a model served as `m` says, so that a retrain (the trainer
+    /// service's feedback runs) trains what is served: the pooled term always, the late
+    /// term when the default scorer is late, and the attend term with the served
+    /// temperature and blend when a space is ranked with attend (on skill batches only,
+    /// unless attend is the default scorer, as `--objective attend-skills` does).
+    pub fn served(m: &crate::model::Manifest, late_temperature: f32, nce_temperature: f32) -> Self {
+        use crate::model::ScorerSpec;
+        let attend_of = |s: &ScorerSpec| match *s {
+            ScorerSpec::Attend {
+                temperature,
+                pooled_weight,
+                ..
+            } => Some((temperature, pooled_weight)),
+            _ => None,
+        };
+        let by_default = attend_of(&m.scorer);
+        let attend = by_default
+            .or_else(|| m.target_scorers.values().find_map(attend_of))
+            .map(|(temperature, pooled_weight)| AttendTerm {
+                temperature,
+                pooled_weight,
+                skills_only: by_default.is_none(),
+            });
+        Objective {
+            late_temperature,
+            nce_temperature,
+            late: matches!(m.scorer, ScorerSpec::Late { .. }),
+            attend,
+        }
+    }
 }
 
 /// The attend scorer's settings, as in [`crate::model::ScorerSpec::Attend`].
@@ -472,6 +503,48 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retrain_trains_the_scorers_the_model_is_served_with() {
+        use crate::model::{Manifest, ScorerSpec};
+        let mut m: Manifest =
+            serde_json::from_str(include_str!("../../trained/uwe-minilm-l6/manifest.json"))
+                .unwrap();
+        // Shipped: pooled by default, esco-skills with attend.
+        let ScorerSpec::Attend {
+            temperature,
+            pooled_weight,
+            ..
+        } = m.scorer_for("esco-skills")
+        else {
+            panic!("the shipped model serves skills with attend");
+        };
+        let o = Objective::served(&m, 0.05, 0.05);
+        assert!(!o.late);
+        assert_eq!(
+            o.attend,
+            Some(AttendTerm {
+                temperature,
+                pooled_weight,
+                skills_only: true
+            })
+        );
+        m.target_scorers.clear();
+        m.scorer = ScorerSpec::Late {
+            temperature: 0.05,
+            rerank_top: 100,
+        };
+        let o = Objective::served(&m, 0.05, 0.05);
+        assert!(o.late && o.attend.is_none());
+        m.scorer = ScorerSpec::Attend {
+            temperature: 0.1,
+            pooled_weight: 0.3,
+            rerank_top: 100,
+        };
+        let o = Objective::served(&m, 0.05, 0.05);
+        assert_eq!(o.attend.map(|a| a.skills_only), Some(false));
+        assert!(!o.late);
+    }
 
     /// A text of `n` word pieces from a seeded generator.
     fn hidden(seed: u64, n: usize, dim: usize) -> Hidden {

@@ -652,6 +652,14 @@ fn retrain(
     } else {
         tracing::warn!(model = %current.display(), "the serving model carries no trained weights ({}); starting from the base model", train::TRAINED_FILE);
     }
+    // Train what the serving model is served with (its scorers), as its recipe did.
+    let objective = match ModelDir::open(&current) {
+        Ok(d) => Objective::served(&d.manifest, tr.late_temperature, tr.nce_temperature),
+        Err(e) => {
+            tracing::warn!(model = %current.display(), error = %e, "the serving model's manifest is unreadable; training the pooled and late terms");
+            Objective::late_and_pooled(tr.late_temperature, tr.nce_temperature)
+        }
+    };
     let ck = run::checkpoint_dir(&svc.registry);
     let resume = resume && ck.join("state.json").is_file();
     let spec = TrainSpec {
@@ -659,7 +667,7 @@ fn retrain(
         steps: tr.steps,
         lr: tr.lr,
         warmup: tr.warmup,
-        objective: Objective::late_and_pooled(tr.late_temperature, tr.nce_temperature),
+        objective,
         seed: 42,
         checkpoint_dir: Some(ck),
         checkpoint_every: tr.checkpoint_every,
@@ -696,8 +704,14 @@ fn retrain(
         ),
         format!("replay: {replayed} pairs of the shipped recipe's sources (held out: {})", dev_pairs.len()),
         format!(
-            "started from {start}; top {} layers, {} steps x {} pairs, AdamW lr {}, warm-up {}",
-            tr.layers, tr.steps, tr.batch, tr.lr, tr.warmup
+            "started from {start}; top {} layers, {} steps x {} pairs, AdamW lr {}, warm-up {}; loss terms: pooled{}{}",
+            tr.layers, tr.steps, tr.batch, tr.lr, tr.warmup,
+            if objective.late { ", late" } else { "" },
+            match objective.attend {
+                Some(a) if a.skills_only => ", attend (skill batches)",
+                Some(_) => ", attend",
+                None => "",
+            }
         ),
     ];
     let (cand, staging) = stage_candidate(&Stage {
