@@ -48,7 +48,7 @@ impl ConsumerContext for Ctx {
                     // The session expired (the coordinator was out of reach, or this member
                     // stalled): the partitions may already be another member's, a commit
                     // would be refused, and waiting for it would hold the polling thread.
-                    tracing::warn!(pipeline = %self.pipeline, partitions = %partition_list(tpl), "assignment lost; its unacknowledged records will be re-read by the next owner");
+                    tracing::warn!(pipeline = %self.pipeline, partitions = %partition_list(tpl), "assignment lost; the next owner re-reads these partitions from their last commit");
                     self.tracker.forget(&tps);
                     return;
                 }
