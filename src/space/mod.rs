@@ -168,6 +168,29 @@ pub fn read_esco_relations(data_dir: &Path, member: &str) -> Result<Vec<u8>> {
     read_zip_member(&data_dir.join(ESCO_RELATIONS_ZIP), member)
 }
 
+/// A CSV reader over `bytes` (the ESCO member `member`, named in errors) and the positions
+/// of the columns `names`; an error names the first one missing.
+pub(crate) fn esco_columns<'a, const N: usize>(
+    member: &str,
+    bytes: &'a [u8],
+    names: [&str; N],
+) -> Result<(csv::Reader<&'a [u8]>, [usize; N])> {
+    let mut rdr = csv::Reader::from_reader(bytes);
+    let head = rdr
+        .headers()
+        .map_err(|e| ModelError::Invalid(format!("{member}: {e}")))?
+        .clone();
+    let mut at = [0; N];
+    for (slot, name) in at.iter_mut().zip(names) {
+        *slot = head.iter().position(|h| h == name).ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "{member} has no {name} column: is this ESCO v1.1.1?"
+            ))
+        })?;
+    }
+    Ok((rdr, at))
+}
+
 fn read_zip_member(zpath: &Path, member: &str) -> Result<Vec<u8>> {
     let zpath = zpath.to_path_buf();
     let f = std::fs::File::open(&zpath).map_err(ModelError::io(&zpath))?;
@@ -280,6 +303,19 @@ pub fn load_jsonl(path: &Path) -> Result<TargetSpace> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn esco_columns_finds_columns_and_names_the_missing_one() {
+        let csv = b"conceptUri,skillType\nu1,knowledge\n";
+        let (mut rdr, [ty, uri]) =
+            esco_columns("skills_en.csv", csv, ["skillType", "conceptUri"]).unwrap();
+        assert_eq!((ty, uri), (1, 0));
+        assert_eq!(rdr.records().count(), 1);
+        let Err(e) = esco_columns("skills_en.csv", csv, ["conceptUri", "broaderUri"]) else {
+            panic!("there is no broaderUri column");
+        };
+        assert!(e.to_string().contains("no broaderUri column"), "{e}");
+    }
 
     #[test]
     fn jsonl_bad_line_names_file_and_line() {

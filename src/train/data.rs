@@ -194,17 +194,8 @@ fn as_written(label: &str) -> &str {
 /// `skillType` column of `skills_en.csv`.
 fn skill_types(data_dir: &Path) -> Result<HashMap<String, bool>> {
     let buf = crate::space::read_esco_member(data_dir, "skills_en.csv")?;
-    let mut rdr = csv::Reader::from_reader(buf.as_slice());
-    let head = rdr
-        .headers()
-        .map_err(|e| ModelError::Invalid(format!("skills_en.csv: {e}")))?
-        .clone();
-    let col = |n: &str| head.iter().position(|h| h == n);
-    let (Some(uri), Some(ty)) = (col("conceptUri"), col("skillType")) else {
-        return Err(ModelError::Invalid(
-            "skills_en.csv has no conceptUri or skillType column: is this ESCO v1.1.1?".into(),
-        ));
-    };
+    let (mut rdr, [uri, ty]) =
+        crate::space::esco_columns("skills_en.csv", &buf, ["conceptUri", "skillType"])?;
     Ok(rdr
         .records()
         .flatten()

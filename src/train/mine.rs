@@ -27,7 +27,7 @@ use serde::Serialize;
 use super::data::Pair;
 use super::targets_skill;
 use crate::encoder::Encoder;
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::model::ScorerSpec;
 use crate::rank;
 use crate::space::cache::EncodedSpace;
@@ -117,17 +117,8 @@ impl Hierarchy {
     pub fn load(data_dir: &std::path::Path, space: &TargetSpace) -> Result<Self> {
         let member = "broaderRelationsSkillPillar.csv";
         let buf = crate::space::read_esco_relations(data_dir, member)?;
-        let mut rdr = csv::Reader::from_reader(buf.as_slice());
-        let head = rdr
-            .headers()
-            .map_err(|e| ModelError::Invalid(format!("{member}: {e}")))?
-            .clone();
-        let col = |n: &str| head.iter().position(|h| h == n);
-        let (Some(narrower), Some(parent)) = (col("conceptUri"), col("broaderUri")) else {
-            return Err(ModelError::Invalid(format!(
-                "{member} has no conceptUri or broaderUri column: is this ESCO v1.1.1?"
-            )));
-        };
+        let (mut rdr, [narrower, parent]) =
+            crate::space::esco_columns(member, &buf, ["conceptUri", "broaderUri"])?;
         let rows: Vec<csv::StringRecord> = rdr.records().flatten().collect();
         Ok(Self::from_edges(
             space,
