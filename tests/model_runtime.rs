@@ -483,7 +483,7 @@ fn mined_hard_negatives_are_confusions_never_positives() {
         ),
     ];
     let scorer = ScorerSpec::Pooled;
-    let (negs, report) = mine::confusions(
+    let (negs, report) = mine::negatives(
         &mut enc,
         &space,
         scorer,

@@ -55,6 +55,7 @@ fn tiny_run(what: Trained, lr: f64) {
         resume: false,
         progress: false,
         max_text_tokens: 0,
+        anchor_teacher: None,
         anchor: None,
     };
     let report =

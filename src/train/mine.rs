@@ -197,7 +197,7 @@ fn pick(
 /// with `enc` and `scorer` and keeps the negatives `spec` asks for (module docs), as
 /// `(text, skill label, skill id)` pairs whose source is `"hard_negative"`. Texts whose
 /// labels are not in `space` are skipped.
-pub fn confusions(
+pub fn negatives(
     enc: &mut Encoder,
     space: &EncodedSpace,
     scorer: ScorerSpec,

@@ -67,6 +67,10 @@ pub struct TrainSpec {
     pub max_text_tokens: usize,
     /// Hold job titles and occupation names in place while skills train ([`Anchor`]).
     pub anchor: Option<Anchor>,
+    /// Trained weights (of the same part) whose embeddings the anchor holds the titles at;
+    /// `None`: the starting weights'. A fine-tune that starts from an older model but must
+    /// not lose titles against the serving one holds them where the serving model has them.
+    pub anchor_teacher: Option<PathBuf>,
 }
 
 /// The anchor term of a run: each step, `per_step` texts drawn from the occupation side of
@@ -381,6 +385,38 @@ fn pooled_rows(
     Ok(out)
 }
 
+/// The pooled rows the anchor holds `texts` at: the model's own, or with `teacher` (trained
+/// weights of the same part), that model's; the model's weights are as they were afterwards.
+fn teacher_rows(
+    model: &dyn Trainable,
+    states: &[Hidden],
+    texts: &[usize],
+    teacher: Option<&Path>,
+    progress: bool,
+) -> Result<Vec<f32>> {
+    let Some(path) = teacher else {
+        return pooled_rows(model, states, texts, progress);
+    };
+    // A deep copy: exported tensors share the variables' storage.
+    let start = model
+        .export()
+        .and_then(|w| {
+            w.into_iter()
+                .map(|(n, t)| Ok((n, t.copy()?)))
+                .collect::<candle_core::Result<HashMap<_, _>>>()
+        })
+        .map_err(cerr)?;
+    model.restore(&read_trained(path)?).map_err(|e| {
+        ModelError::Weights(format!(
+            "anchor teacher {}: {e}; give trained weights of the part this run trains",
+            path.display()
+        ))
+    })?;
+    let rows = pooled_rows(model, states, texts, progress);
+    model.restore(&start).map_err(cerr)?;
+    rows
+}
+
 /// [`head::anchor_loss`] of the anchor texts at positions `picked` of `texts`.
 fn anchor_term(
     model: &dyn Trainable,
@@ -604,8 +640,8 @@ pub fn train(
             rejected_only.push(*r);
         }
     }
-    // The anchor's teacher is the model as training starts (before a checkpoint is
-    // restored: a resumed run is held to the same place as the run it continues).
+    // The anchor's teacher is the model as training starts, or `anchor_teacher` (before a
+    // checkpoint is restored: a resumed run is held to the same place as the run it continues).
     let anchors = match spec.anchor {
         Some(_) => {
             let texts: std::collections::BTreeSet<usize> = pairs
@@ -621,9 +657,19 @@ pub fn train(
             } else {
                 tracing::info!(
                     texts = texts.len(),
-                    "anchor: embedding the occupation-side texts with the starting weights"
+                    teacher = %spec
+                        .anchor_teacher
+                        .as_deref()
+                        .map_or("the starting weights".into(), |p| p.display().to_string()),
+                    "anchor: embedding the occupation-side texts"
                 );
-                let teacher = pooled_rows(model, &states, &texts, spec.progress)?;
+                let teacher = teacher_rows(
+                    model,
+                    &states,
+                    &texts,
+                    spec.anchor_teacher.as_deref(),
+                    spec.progress,
+                )?;
                 Some((texts, teacher))
             }
         }
@@ -787,6 +833,58 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_anchor_teacher_gives_its_rows_and_leaves_the_model_as_it_was() {
+        let dim = 8;
+        let states: Vec<Hidden> = (0..3)
+            .map(|i| Hidden {
+                rows: (0..4 * dim)
+                    .map(|j| f16::from_f32(((i * 31 + j * 7) % 13) as f32 / 6.0 - 1.0))
+                    .collect(),
+                n: 4,
+            })
+            .collect();
+        let texts = [0, 2];
+        let model = head::Head::new(dim).unwrap();
+        let own = teacher_rows(&model, &states, &texts, None, false).unwrap();
+        // A teacher whose head doubles every state's first component.
+        let mut w = vec![0f32; dim * dim];
+        for i in 0..dim {
+            w[i * dim + i] = if i == 0 { 2.0 } else { 1.0 };
+        }
+        let w = candle_core::Tensor::from_vec(w, (dim, dim), &candle_core::Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TRAINED_FILE);
+        write_trained(&path, &[(crate::model::graph::HEAD_WEIGHT.to_string(), w)]).unwrap();
+        let taught = teacher_rows(&model, &states, &texts, Some(&path), false).unwrap();
+        assert_eq!(taught.len(), own.len());
+        assert!(
+            own.iter().zip(&taught).any(|(a, b)| (a - b).abs() > 1e-3),
+            "the teacher's rows should differ from the model's own"
+        );
+        // The model is back at its own weights.
+        assert_eq!(
+            teacher_rows(&model, &states, &texts, None, false).unwrap(),
+            own
+        );
+        // Weights of another part are refused with the path named.
+        write_trained(
+            &path,
+            &[(
+                "encoder.layer.5.output.dense.weight".into(),
+                candle_core::Tensor::zeros(
+                    (dim, dim),
+                    candle_core::DType::F32,
+                    &candle_core::Device::Cpu,
+                )
+                .unwrap(),
+            )],
+        )
+        .unwrap();
+        let err = teacher_rows(&model, &states, &texts, Some(&path), false).unwrap_err();
+        assert!(err.to_string().contains("anchor teacher"), "{err}");
+    }
 
     #[test]
     fn anchor_settings_are_checked_and_zero_texts_turn_it_off() {

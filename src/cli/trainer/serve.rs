@@ -674,6 +674,7 @@ fn retrain(
         resume,
         progress: false,
         max_text_tokens: tr.max_text_tokens,
+        anchor_teacher: None,
         // Checked when the settings were loaded.
         anchor: train::Anchor::from_settings(tr.anchor_texts, tr.anchor_weight, false)
             .ok()

@@ -61,6 +61,12 @@ pub(crate) struct TrainArgs {
     /// InfoNCE batches are left out): a fine-tune that trains skills and holds titles.
     #[arg(long)]
     anchor_only: bool,
+    /// With --anchor-texts: hold the titles where this model has them instead of where the
+    /// starting weights do (a model directory with a `trained.safetensors`, or the file, of
+    /// the part --train names). Start from an older model and anchor to the serving one, so
+    /// that the gate's title tasks compare like with like.
+    #[arg(long, value_name = "MODEL")]
+    anchor_to: Option<PathBuf>,
     /// Hard negatives per skill-side text (0: none): skills that `--mine-with` ranks above
     /// every label of the text, masked where one is likely a positive under another name
     /// (`train::mine`). Each is an extra negative of its text in the InfoNCE.
@@ -218,6 +224,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         anchor_texts,
         anchor_weight,
         anchor_only,
+        anchor_to,
         hard_negatives,
         sibling_negatives,
         mine_with,
@@ -272,6 +279,21 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             }
         },
     )?;
+    let anchor_teacher = match (&anchor, anchor_to) {
+        (_, None) => None,
+        (None, Some(m)) => anyhow::bail!(
+            "--anchor-to {}: give --anchor-texts N (N ≥ 1) too; without anchor texts nothing is held",
+            m.display()
+        ),
+        (Some(_), Some(m)) if m.is_dir() => Some(m.join(train::TRAINED_FILE)),
+        (Some(_), Some(m)) => Some(m),
+    };
+    if let Some(t) = anchor_teacher.as_ref().filter(|t| !t.is_file()) {
+        anyhow::bail!(
+            "--anchor-to: {} does not exist; give a model directory with its trained weights, or the weights file",
+            t.display()
+        );
+    }
     let ecfg = super::reference_encoder(threads);
     let base_dir =
         ModelDir::open(&base).with_context(|| format!("base model {}", base.display()))?;
@@ -347,7 +369,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             hierarchy: hierarchy.as_ref(),
         };
         let (negs, r) =
-            train::mine::confusions(&mut menc, &space, scorer, &train_pairs, &spec, true)?;
+            train::mine::negatives(&mut menc, &space, scorer, &train_pairs, &spec, true)?;
         eprintln!(
             "hard negatives mined with {}: {}",
             m.manifest.version,
@@ -379,6 +401,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         progress: true,
         max_text_tokens: 0,
         anchor,
+        anchor_teacher: anchor_teacher.clone(),
     };
     if let Some(d) = &checkpoint_dir {
         std::fs::create_dir_all(d)?;
@@ -435,10 +458,18 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(a) = anchor {
         training_data.push(format!(
-            "anchor: {} occupation-side texts per step held at the starting weights' embeddings, weight {}{}",
+            "anchor: {} occupation-side texts per step held at {} embeddings, weight {}{}",
             a.per_step,
+            anchor_teacher
+                .as_ref()
+                .map(|t| format!("{}'s", t.display()))
+                .unwrap_or_else(|| "the starting weights'".into()),
             a.weight,
-            if a.only { ", occupation pairs anchored only" } else { "" }
+            if a.only {
+                ", occupation pairs anchored only"
+            } else {
+                ""
+            }
         ));
     }
     let late = ScorerSpec::Late {
