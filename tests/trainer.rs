@@ -137,6 +137,95 @@ fn tiny_top_layer_run_loss_falls_and_export_matches_candle() {
     tiny_run(Trained::TopLayers(1), 1e-4);
 }
 
+/// `--anchor-to` on the real transformer layers: the titles are held where the shipped
+/// model has them, and the run still starts from its own weights. The teacher's weights are
+/// loaded into the same variables the run trains, so a shallow copy of the starting weights
+/// would start the run from the teacher instead.
+#[test]
+fn an_anchor_teacher_of_real_layers_holds_titles_there_and_the_run_starts_from_its_own() {
+    let data_dir = root().join("data");
+    let spec = data::DataSpec {
+        occupation_aliases: true,
+        occupation_titles: false,
+        skill_aliases: false,
+        skill_descriptions: false,
+        skill_sentences: false,
+        occupation_skills: 0,
+        skillskape: None,
+        job_titles: None,
+        pseudo_labels: None,
+        feedback: None,
+    };
+    let pairs = data::build_pairs(&data_dir, &spec).unwrap();
+    let sample: Vec<data::Pair> = pairs
+        .iter()
+        .step_by(pairs.len() / 64)
+        .take(64)
+        .cloned()
+        .collect();
+    let base = open_base();
+    let scratch = tempfile::tempdir().unwrap();
+    let (mut enc, model) = train::prepare(
+        &base,
+        &root().join(".uwe/base"),
+        Trained::TopLayers(3),
+        &cpu_config(),
+        scratch.path(),
+    )
+    .unwrap();
+    let start = model.export().unwrap();
+    let teacher = root()
+        .join("trained/uwe-minilm-l6")
+        .join(train::TRAINED_FILE);
+    let mut run = |anchor_teacher: Option<std::path::PathBuf>| {
+        let ts = TrainSpec {
+            batch: 8,
+            steps: 1,
+            // Too small to move the weights: what the anchor measures is where it holds.
+            lr: 1e-12,
+            warmup: 0,
+            objective: head::Objective::late_and_pooled(0.05, 0.05),
+            seed: 7,
+            checkpoint_dir: None,
+            checkpoint_every: 0,
+            resume: false,
+            progress: false,
+            max_text_tokens: 0,
+            anchor_teacher,
+            anchor: train::Anchor::from_settings(16, 1.0, false).unwrap(),
+        };
+        train::train(&mut enc, model.as_ref(), &sample, &[], &[], &ts).unwrap()
+    };
+    let own = run(None)
+        .anchor_drift_after
+        .expect("an anchored run reports drift");
+    let taught = run(Some(teacher))
+        .anchor_drift_after
+        .expect("an anchored run reports drift");
+    // The base's titles sit away from where the shipped model has them, and at the base's own.
+    assert!(own < 1e-4, "drift from its own starting rows: {own}");
+    assert!(
+        taught > 10.0 * own.max(1e-5),
+        "the shipped model's rows should be away from the base's: drift {taught}"
+    );
+    // The run trained the base's weights, not the teacher's.
+    for (name, w) in model.export().unwrap() {
+        let (_, s) = start.iter().find(|(n, _)| *n == name).unwrap();
+        let diff = (w - s)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            diff < 1e-6,
+            "{name} moved by {diff}: the run started from the teacher"
+        );
+    }
+}
+
 #[test]
 fn trained_weights_the_graph_does_not_read_are_refused() {
     // A seventh layer's weight in a file for a six-layer base: building must fail, naming

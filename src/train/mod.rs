@@ -87,6 +87,11 @@ pub struct Anchor {
     /// The occupation-side pairs are anchored only: their InfoNCE batches are left out, so
     /// that a fine-tune trains skills and holds titles where the starting weights had them.
     pub only: bool,
+    /// Share of each step's anchor texts drawn from the real job titles (the query side of
+    /// `job_title` pairs), the rest uniformly from all occupation-side texts; 0: all uniform.
+    /// Job titles are a tenth of those texts, ESCO names the rest, yet job normalisation
+    /// ranks real titles: a uniform anchor holds mostly what the title task does not ask.
+    pub title_share: f32,
 }
 
 /// Why anchor settings were refused; the caller names its own flag or key.
@@ -98,6 +103,9 @@ pub enum AnchorError {
     /// Anchor-only without anchor texts: nothing would hold the titles it stops training.
     #[error("anchor-only needs at least one anchor text per step: without an anchor, nothing would hold the titles it stops training")]
     OnlyWithoutTexts,
+    /// The share of job titles is not in [0, 1].
+    #[error("the share of job titles among the anchor texts is {0}: give a number from 0 (drawn uniformly) to 1 (job titles only)")]
+    TitleShare(f32),
 }
 
 impl Anchor {
@@ -122,7 +130,40 @@ impl Anchor {
             per_step,
             weight,
             only,
+            title_share: 0.0,
         }))
+    }
+
+    /// This anchor with `share` of each step's texts drawn from the real job titles, checked.
+    pub fn with_title_share(self, share: f32) -> Result<Anchor, AnchorError> {
+        if !(0.0..=1.0).contains(&share) {
+            return Err(AnchorError::TitleShare(share));
+        }
+        Ok(Anchor {
+            title_share: share,
+            ..self
+        })
+    }
+
+    /// Positions into the anchor texts (`len` of them; `titles`: the positions of the job
+    /// titles among them) of one step's anchor texts: the title share from `titles`, the
+    /// rest from all.
+    fn pick(&self, len: usize, titles: &[usize], rng: &mut Rng) -> Vec<usize> {
+        let n = self.per_step.min(len);
+        let from_titles = if titles.is_empty() {
+            0
+        } else {
+            (n as f32 * self.title_share).round() as usize
+        };
+        (0..n)
+            .map(|i| {
+                if i < from_titles {
+                    titles[(rng.next() % titles.len() as u64) as usize]
+                } else {
+                    (rng.next() % len as u64) as usize
+                }
+            })
+            .collect()
     }
 }
 
@@ -651,12 +692,25 @@ pub fn train(
                 .flat_map(|(_, r)| [r.0, r.1])
                 .collect();
             let texts: Vec<usize> = texts.into_iter().collect();
+            // Where the real job titles (queries of `job_title` pairs) sit among them.
+            let titles: Vec<usize> = pairs
+                .iter()
+                .zip(train_refs)
+                .filter(|(p, _)| p.source == "job_title")
+                .filter_map(|(_, r)| texts.binary_search(&r.0).ok())
+                .collect::<std::collections::BTreeSet<usize>>()
+                .into_iter()
+                .collect();
             if texts.is_empty() {
                 tracing::warn!("anchor: no training pair has an occupation-side target; nothing to hold, the anchor is off");
                 None
             } else {
+                if spec.anchor.is_some_and(|a| a.title_share > 0.0) && titles.is_empty() {
+                    tracing::warn!("anchor: a share of job titles was asked, but no training pair is a job title; the anchor texts are drawn uniformly");
+                }
                 tracing::info!(
                     texts = texts.len(),
+                    job_titles = titles.len(),
                     teacher = %spec
                         .anchor_teacher
                         .as_deref()
@@ -670,7 +724,7 @@ pub fn train(
                     spec.anchor_teacher.as_deref(),
                     spec.progress,
                 )?;
-                Some((texts, teacher))
+                Some((texts, titles, teacher))
             }
         }
         None => None,
@@ -756,10 +810,8 @@ pub fn train(
         let mut loss = loss_of(model, &states, batch, &attached, spec.objective).map_err(cerr)?;
         let l = loss.to_scalar::<f32>().map_err(cerr)?;
         let mut message = format!("{l:.3}");
-        if let (Some(a), Some((texts, teacher))) = (spec.anchor, &anchors) {
-            let picked: Vec<usize> = (0..a.per_step.min(texts.len()))
-                .map(|_| (anchor_rng.next() % texts.len() as u64) as usize)
-                .collect();
+        if let (Some(a), Some((texts, titles, teacher))) = (spec.anchor, &anchors) {
+            let picked = a.pick(texts.len(), titles, &mut anchor_rng);
             let term = anchor_term(model, &states, texts, teacher, &picked).map_err(cerr)?;
             message = format!(
                 "{message}, anchor {:.4}",
@@ -796,7 +848,7 @@ pub fn train(
     bar.finish_and_clear();
     let train_seconds = t1.elapsed().as_secs_f64();
     let anchor_drift_after = match &anchors {
-        Some((texts, teacher)) => {
+        Some((texts, _, teacher)) => {
             let every = texts.len().div_ceil(2048).max(1);
             let picked: Vec<usize> = (0..texts.len()).step_by(every).collect();
             let drift = picked
@@ -894,7 +946,8 @@ mod tests {
             Ok(Some(Anchor {
                 per_step: 64,
                 weight: 30.0,
-                only: true
+                only: true,
+                title_share: 0.0,
             }))
         );
         for w in [0.0, -1.0, f32::NAN, f32::INFINITY] {
@@ -907,6 +960,37 @@ mod tests {
             Anchor::from_settings(0, 10.0, true),
             Err(AnchorError::OnlyWithoutTexts)
         );
+        let a = Anchor::from_settings(64, 30.0, false).unwrap().unwrap();
+        for bad in [-0.1, 1.5, f32::NAN] {
+            assert!(matches!(
+                a.with_title_share(bad),
+                Err(AnchorError::TitleShare(_))
+            ));
+        }
+        assert_eq!(a.with_title_share(0.5).unwrap().title_share, 0.5);
+    }
+
+    #[test]
+    fn a_title_share_draws_that_share_of_the_anchor_texts_from_the_job_titles() {
+        let a = Anchor::from_settings(100, 10.0, false).unwrap().unwrap();
+        // 1,000 texts, of which the job titles are 10.
+        let titles: Vec<usize> = (0..10).map(|i| i * 100).collect();
+        let share = |a: Anchor, titles: &[usize]| {
+            let mut rng = Rng(7);
+            let picked = a.pick(1000, titles, &mut rng);
+            assert_eq!(picked.len(), 100);
+            assert!(picked.iter().all(|&i| i < 1000));
+            picked.iter().filter(|&&i| i % 100 == 0).count()
+        };
+        // Uniform: about one in a hundred is a title.
+        assert!(share(a, &titles) < 10);
+        // Half: the first 50 are titles, and a few of the rest may be too.
+        let half = a.with_title_share(0.5).unwrap();
+        assert!((50..60).contains(&share(half, &titles)));
+        // All titles.
+        assert_eq!(share(a.with_title_share(1.0).unwrap(), &titles), 100);
+        // No titles among the texts: drawn uniformly.
+        assert!(share(half, &[]) < 10);
     }
 
     #[test]

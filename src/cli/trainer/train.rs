@@ -67,6 +67,11 @@ pub(crate) struct TrainArgs {
     /// that the gate's title tasks compare like with like.
     #[arg(long, value_name = "MODEL")]
     anchor_to: Option<PathBuf>,
+    /// With --anchor-texts: the share of each step's anchor texts drawn from the real job
+    /// titles (queries of the `job_title` pairs, a tenth of the occupation-side texts), the
+    /// rest uniformly; 0 draws all uniformly. Job normalisation ranks real titles.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    anchor_title_share: f32,
     /// Hard negatives per skill-side text (0: none): skills that `--mine-with` ranks above
     /// every label of the text, masked where one is likely a positive under another name
     /// (`train::mine`). Each is an extra negative of its text in the InfoNCE.
@@ -225,6 +230,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         anchor_weight,
         anchor_only,
         anchor_to,
+        anchor_title_share,
         hard_negatives,
         sibling_negatives,
         mine_with,
@@ -269,16 +275,25 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let anchor = train::Anchor::from_settings(anchor_texts, anchor_weight, anchor_only).map_err(
-        |e| match e {
-            train::AnchorError::Weight(_) => {
-                anyhow::anyhow!("--anchor-weight {anchor_weight}: {e}")
-            }
-            train::AnchorError::OnlyWithoutTexts => {
-                anyhow::anyhow!("--anchor-only without --anchor-texts N (N ≥ 1): {e}")
-            }
-        },
-    )?;
+    // Each refusal names the flag it came from.
+    let refused = |e: train::AnchorError| match e {
+        train::AnchorError::Weight(_) => anyhow::anyhow!("--anchor-weight {anchor_weight}: {e}"),
+        train::AnchorError::OnlyWithoutTexts => {
+            anyhow::anyhow!("--anchor-only without --anchor-texts N (N ≥ 1): {e}")
+        }
+        train::AnchorError::TitleShare(_) => {
+            anyhow::anyhow!("--anchor-title-share {anchor_title_share}: {e}")
+        }
+    };
+    let anchor = match train::Anchor::from_settings(anchor_texts, anchor_weight, anchor_only)
+        .map_err(refused)?
+    {
+        Some(a) => Some(a.with_title_share(anchor_title_share).map_err(refused)?),
+        None if anchor_title_share != 0.0 => anyhow::bail!(
+            "--anchor-title-share {anchor_title_share}: give --anchor-texts N (N ≥ 1) too; without anchor texts nothing is drawn"
+        ),
+        None => None,
+    };
     let anchor_teacher = match (&anchor, anchor_to) {
         (_, None) => None,
         (None, Some(m)) => anyhow::bail!(
@@ -458,8 +473,13 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(a) = anchor {
         training_data.push(format!(
-            "anchor: {} occupation-side texts per step held at {} embeddings, weight {}{}",
+            "anchor: {} occupation-side texts per step{} held at {} embeddings, weight {}{}",
             a.per_step,
+            if a.title_share > 0.0 {
+                format!(" ({}% of them job titles)", (a.title_share * 100.0).round())
+            } else {
+                String::new()
+            },
             anchor_teacher
                 .as_ref()
                 .map(|t| format!("{}'s", t.display()))
