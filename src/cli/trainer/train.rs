@@ -122,6 +122,10 @@ pub(crate) struct TrainArgs {
     /// Stop after training and print its report (steps/s, losses): no candidate, no gate.
     #[arg(long)]
     no_gate: bool,
+    /// Seed of the batch order and the anchor's draws: runs that differ only in it measure
+    /// how much of a dev-set difference is the luck of one run.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 /// What building, gating and publishing a candidate needs: `train` and `merge` take the same.
@@ -245,6 +249,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         checkpoint_every,
         resume,
         no_gate,
+        seed,
     } = a;
     let (steps, lr) = match trained {
         train::Trained::Head => (steps.unwrap_or(2000), lr.unwrap_or(2e-3)),
@@ -409,7 +414,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         lr,
         warmup,
         objective,
-        seed: 42,
+        seed,
         checkpoint_dir: checkpoint_dir.clone(),
         checkpoint_every,
         resume,
@@ -446,7 +451,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         .map(|(src, n)| format!("{src}: {n} pairs"))
         .collect();
     training_data.push(format!(
-        "held out: {} pairs; repeated per epoch: {repeat:?}; trained: {trained:?}{}; {} steps x {batch} pairs, AdamW lr {lr}, warm-up {warmup}, late tau {temperature}, InfoNCE tau {nce_temperature}, loss terms: pooled{}{}",
+        "held out: {} pairs; repeated per epoch: {repeat:?}; trained: {trained:?}{}; {} steps x {batch} pairs, AdamW lr {lr}, warm-up {warmup}, late tau {temperature}, InfoNCE tau {nce_temperature}, seed {seed}, loss terms: pooled{}{}",
         dev_pairs.len(),
         init.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default(),
         report.steps,
