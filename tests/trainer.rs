@@ -10,7 +10,8 @@ use uwe_connect::encoder::Encoder;
 use uwe_connect::model::{ModelDir, ScorerSpec};
 use uwe_connect::train::{self, data, head, TrainSpec, Trained};
 
-fn tiny_run(what: Trained, lr: f64) {
+/// `n` pairs spread evenly over the occupation aliases (and SkillSkape, with `skillskape`).
+fn stride_sample(skillskape: bool, n: usize) -> Vec<data::Pair> {
     let data_dir = root().join("data");
     let spec = data::DataSpec {
         occupation_aliases: true,
@@ -19,18 +20,22 @@ fn tiny_run(what: Trained, lr: f64) {
         skill_descriptions: false,
         skill_sentences: false,
         occupation_skills: 0,
-        skillskape: Some(data_dir.join("training/skillskape/train.csv")),
+        skillskape: skillskape.then(|| data_dir.join("training/skillskape/train.csv")),
         job_titles: None,
         pseudo_labels: None,
         feedback: None,
     };
     let pairs = data::build_pairs(&data_dir, &spec).unwrap();
-    let sample: Vec<data::Pair> = pairs
+    pairs
         .iter()
-        .step_by(pairs.len() / 400)
-        .take(400)
+        .step_by(pairs.len() / n)
+        .take(n)
         .cloned()
-        .collect();
+        .collect()
+}
+
+fn tiny_run(what: Trained, lr: f64) {
+    let sample = stride_sample(true, 400);
     let (train_pairs, dev_pairs) = data::split_dev(sample, 100);
     assert!(!dev_pairs.is_empty());
     let base = open_base();
@@ -143,26 +148,7 @@ fn tiny_top_layer_run_loss_falls_and_export_matches_candle() {
 /// would start the run from the teacher instead.
 #[test]
 fn an_anchor_teacher_of_real_layers_holds_titles_there_and_the_run_starts_from_its_own() {
-    let data_dir = root().join("data");
-    let spec = data::DataSpec {
-        occupation_aliases: true,
-        occupation_titles: false,
-        skill_aliases: false,
-        skill_descriptions: false,
-        skill_sentences: false,
-        occupation_skills: 0,
-        skillskape: None,
-        job_titles: None,
-        pseudo_labels: None,
-        feedback: None,
-    };
-    let pairs = data::build_pairs(&data_dir, &spec).unwrap();
-    let sample: Vec<data::Pair> = pairs
-        .iter()
-        .step_by(pairs.len() / 64)
-        .take(64)
-        .cloned()
-        .collect();
+    let sample = stride_sample(false, 64);
     let base = open_base();
     let scratch = tempfile::tempdir().unwrap();
     let (mut enc, model) = train::prepare(
