@@ -11,7 +11,7 @@ use uwe_connect::model::{ModelDir, ScorerSpec};
 use uwe_connect::train::{self, data, head, TrainSpec, Trained};
 
 /// `n` pairs spread evenly over the occupation aliases (and SkillSkape, with `skillskape`).
-fn stride_sample(skillskape: bool, n: usize) -> Vec<data::Pair> {
+fn stride_sample(skillskape: bool, titles: bool, n: usize) -> Vec<data::Pair> {
     let data_dir = root().join("data");
     let spec = data::DataSpec {
         occupation_aliases: true,
@@ -21,7 +21,7 @@ fn stride_sample(skillskape: bool, n: usize) -> Vec<data::Pair> {
         skill_sentences: false,
         occupation_skills: 0,
         skillskape: skillskape.then(|| data_dir.join("training/skillskape/train.csv")),
-        job_titles: None,
+        job_titles: titles.then(|| data_dir.join("training/job_titles/train.jsonl")),
         pseudo_labels: None,
         feedback: None,
     };
@@ -35,7 +35,7 @@ fn stride_sample(skillskape: bool, n: usize) -> Vec<data::Pair> {
 }
 
 fn tiny_run(what: Trained, lr: f64) {
-    let sample = stride_sample(true, 400);
+    let sample = stride_sample(true, false, 400);
     let (train_pairs, dev_pairs) = data::split_dev(sample, 100);
     assert!(!dev_pairs.is_empty());
     let base = open_base();
@@ -143,12 +143,17 @@ fn tiny_top_layer_run_loss_falls_and_export_matches_candle() {
 }
 
 /// `--anchor-to` on the real transformer layers: the titles are held where the shipped
-/// model has them, and the run still starts from its own weights. The teacher's weights are
+/// model has them, their ranking of the occupation names measured against the shipped
+/// model's, and the run still starts from its own weights. The teacher's weights are
 /// loaded into the same variables the run trains, so a shallow copy of the starting weights
 /// would start the run from the teacher instead.
 #[test]
 fn an_anchor_teacher_of_real_layers_holds_titles_there_and_the_run_starts_from_its_own() {
-    let sample = stride_sample(false, 64);
+    let sample = stride_sample(false, true, 64);
+    assert!(
+        sample.iter().any(|p| p.source == "job_title"),
+        "the sample should hold job titles to rank"
+    );
     let base = open_base();
     let scratch = tempfile::tempdir().unwrap();
     let (mut enc, model) = train::prepare(
@@ -178,21 +183,38 @@ fn an_anchor_teacher_of_real_layers_holds_titles_there_and_the_run_starts_from_i
             progress: false,
             max_text_tokens: 0,
             anchor_teacher,
-            anchor: train::Anchor::from_settings(16, 1.0, false).unwrap(),
+            anchor: train::Anchor::from_settings(16, 1.0, false)
+                .unwrap()
+                .map(|a| {
+                    a.with_title_share(0.5)
+                        .unwrap()
+                        .with_rank_weight(1.0)
+                        .unwrap()
+                }),
         };
-        train::train(&mut enc, model.as_ref(), &sample, &[], &[], &ts).unwrap()
+        let r = train::train(&mut enc, model.as_ref(), &sample, &[], &[], &ts).unwrap();
+        (
+            r.anchor_drift_after.expect("an anchored run reports drift"),
+            r.anchor_rank_after
+                .expect("a ranking anchor reports the titles' divergence"),
+        )
     };
-    let own = run(None)
-        .anchor_drift_after
-        .expect("an anchored run reports drift");
-    let taught = run(Some(teacher))
-        .anchor_drift_after
-        .expect("an anchored run reports drift");
+    let (own, own_rank) = run(None);
+    let (taught, taught_rank) = run(Some(teacher));
     // The base's titles sit away from where the shipped model has them, and at the base's own.
     assert!(own < 1e-4, "drift from its own starting rows: {own}");
     assert!(
         taught > 10.0 * own.max(1e-5),
         "the shipped model's rows should be away from the base's: drift {taught}"
+    );
+    // And they rank the occupation names otherwise than the shipped model does.
+    assert!(
+        own_rank < 1e-3,
+        "divergence from its own ranking: {own_rank}"
+    );
+    assert!(
+        taught_rank > 10.0 * own_rank.max(1e-4),
+        "the shipped model should rank the names otherwise: divergence {taught_rank}"
     );
     // The run trained the base's weights, not the teacher's.
     for (name, w) in model.export().unwrap() {

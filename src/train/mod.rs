@@ -92,7 +92,15 @@ pub struct Anchor {
     /// Job titles are a tenth of those texts, ESCO names the rest, yet job normalisation
     /// ranks real titles: a uniform anchor holds mostly what the title task does not ask.
     pub title_share: f32,
+    /// Weight of the ranking term ([`head::rank_anchor_loss`]) on the step's job titles: the
+    /// KL divergence between the teacher's and the model's softmax over the teacher's rows
+    /// of the other anchor texts (occupation names and aliases); 0: off.
+    pub rank_weight: f32,
 }
+
+/// Temperature of the ranking anchor's softmax: the InfoNCE's, so that the few
+/// occupations close to a title carry the term.
+pub const RANK_ANCHOR_TAU: f64 = 0.05;
 
 /// Why anchor settings were refused; the caller names its own flag or key.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -106,6 +114,11 @@ pub enum AnchorError {
     /// The share of job titles is not in [0, 1].
     #[error("the share of job titles among the anchor texts is {0}: give a number from 0 (drawn uniformly) to 1 (job titles only)")]
     TitleShare(f32),
+    /// The ranking weight is negative or not finite.
+    #[error(
+        "the ranking anchor weight {0} is not a number ≥ 0: give 0 (off) or a positive weight"
+    )]
+    RankWeight(f32),
 }
 
 impl Anchor {
@@ -131,6 +144,7 @@ impl Anchor {
             weight,
             only,
             title_share: 0.0,
+            rank_weight: 0.0,
         }))
     }
 
@@ -141,6 +155,17 @@ impl Anchor {
         }
         Ok(Anchor {
             title_share: share,
+            ..self
+        })
+    }
+
+    /// This anchor with a ranking term of `weight` on its job titles, checked.
+    pub fn with_rank_weight(self, weight: f32) -> Result<Anchor, AnchorError> {
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(AnchorError::RankWeight(weight));
+        }
+        Ok(Anchor {
+            rank_weight: weight,
             ..self
         })
     }
@@ -194,6 +219,10 @@ pub struct TrainReport {
     /// from where training started, after training (0 before), on up to 2,048 of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchor_drift_after: Option<f32>,
+    /// With a ranking anchor: the mean KL divergence of up to 2,048 job titles' softmax over
+    /// the occupation names from the teacher's, after training (0 before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_rank_after: Option<f32>,
 }
 
 fn cerr(e: candle_core::Error) -> ModelError {
@@ -458,22 +487,70 @@ fn teacher_rows(
     rows
 }
 
-/// [`head::anchor_loss`] of the anchor texts at positions `picked` of `texts`.
+/// What the anchor holds: the occupation-side texts (positions into the states), where
+/// the job titles sit among them, the teacher's pooled rows of each, and for a ranking
+/// anchor the teacher's rows of the texts that are not job titles (`[n, d]`).
+struct Held {
+    texts: Vec<usize>,
+    titles: Vec<usize>,
+    teacher: Vec<f32>,
+    targets: Option<candle_core::Tensor>,
+}
+
+impl Held {
+    /// The teacher's rows of the texts at positions `picked`, `[len, d]`.
+    fn teacher_of(&self, picked: &[usize], d: usize) -> candle_core::Result<candle_core::Tensor> {
+        let rows: Vec<f32> = picked
+            .iter()
+            .flat_map(|&i| self.teacher[i * d..(i + 1) * d].iter().copied())
+            .collect();
+        candle_core::Tensor::from_vec(rows, (picked.len(), d), &candle_core::Device::Cpu)
+    }
+
+    /// The teacher's rows of every text that is not a job title: what titles are ranked
+    /// against.
+    fn targets(&self, d: usize) -> candle_core::Result<candle_core::Tensor> {
+        let others: Vec<usize> = (0..self.texts.len())
+            .filter(|i| self.titles.binary_search(i).is_err())
+            .collect();
+        self.teacher_of(&others, d)
+    }
+}
+
+/// The anchor terms of the texts at positions `picked` of `held.texts`: the cosine term
+/// ([`head::anchor_loss`]) on all of them, and with `held.targets` the ranking term
+/// ([`head::rank_anchor_loss`]) on the job titles among them (`None` when none was picked).
 fn anchor_term(
     model: &dyn Trainable,
     states: &[Hidden],
-    texts: &[usize],
-    teacher: &[f32],
+    held: &Held,
     picked: &[usize],
-) -> candle_core::Result<candle_core::Tensor> {
+) -> candle_core::Result<(candle_core::Tensor, Option<candle_core::Tensor>)> {
     let d = model.dim();
-    let items: Vec<&Hidden> = picked.iter().map(|&i| &states[texts[i]]).collect();
-    let rows: Vec<f32> = picked
-        .iter()
-        .flat_map(|&i| teacher[i * d..(i + 1) * d].iter().copied())
-        .collect();
-    let t = candle_core::Tensor::from_vec(rows, (picked.len(), d), &candle_core::Device::Cpu)?;
-    head::anchor_loss(model, &items, &t)
+    let items: Vec<&Hidden> = picked.iter().map(|&i| &states[held.texts[i]]).collect();
+    let t = held.teacher_of(picked, d)?;
+    let rows = head::pooled(model, &items)?;
+    let cos = head::cosine_distance(&rows, &t)?;
+    let rank = match &held.targets {
+        Some(targets) => {
+            let at: Vec<u32> = (0..picked.len() as u32)
+                .filter(|&k| held.titles.binary_search(&picked[k as usize]).is_ok())
+                .collect();
+            if at.is_empty() {
+                None
+            } else {
+                let at = candle_core::Tensor::new(at.as_slice(), &candle_core::Device::Cpu)?;
+                Some(head::rank_anchor_loss(
+                    &rows.index_select(&at, 0)?,
+                    &t.index_select(&at, 0)?,
+                    targets,
+                    RANK_ANCHOR_TAU,
+                )?)
+            }
+        }
+        None => None,
+    };
+    Ok((cos, rank))
 }
 
 /// Writes trained weights as safetensors (f32, by name): a file the graph builder reads in
@@ -724,7 +801,16 @@ pub fn train(
                     spec.anchor_teacher.as_deref(),
                     spec.progress,
                 )?;
-                Some((texts, titles, teacher))
+                let mut held = Held {
+                    texts,
+                    titles,
+                    teacher,
+                    targets: None,
+                };
+                if spec.anchor.is_some_and(|a| a.rank_weight > 0.0) {
+                    held.targets = Some(held.targets(model.dim()).map_err(cerr)?);
+                }
+                Some(held)
             }
         }
         None => None,
@@ -810,14 +896,21 @@ pub fn train(
         let mut loss = loss_of(model, &states, batch, &attached, spec.objective).map_err(cerr)?;
         let l = loss.to_scalar::<f32>().map_err(cerr)?;
         let mut message = format!("{l:.3}");
-        if let (Some(a), Some((texts, titles, teacher))) = (spec.anchor, &anchors) {
-            let picked = a.pick(texts.len(), titles, &mut anchor_rng);
-            let term = anchor_term(model, &states, texts, teacher, &picked).map_err(cerr)?;
+        if let (Some(a), Some(held)) = (spec.anchor, &anchors) {
+            let picked = a.pick(held.texts.len(), &held.titles, &mut anchor_rng);
+            let (term, rank) = anchor_term(model, &states, held, &picked).map_err(cerr)?;
             message = format!(
                 "{message}, anchor {:.4}",
                 term.to_scalar::<f32>().map_err(cerr)?
             );
             loss = (loss + (term * a.weight as f64).map_err(cerr)?).map_err(cerr)?;
+            if let Some(rank) = rank {
+                message = format!(
+                    "{message}, rank {:.4}",
+                    rank.to_scalar::<f32>().map_err(cerr)?
+                );
+                loss = (loss + (rank * a.rank_weight as f64).map_err(cerr)?).map_err(cerr)?;
+            }
         }
         trainer.step(&loss, step).map_err(cerr)?;
         // The InfoNCE alone, so that runs with and without an anchor compare.
@@ -847,22 +940,32 @@ pub fn train(
     }
     bar.finish_and_clear();
     let train_seconds = t1.elapsed().as_secs_f64();
-    let anchor_drift_after = match &anchors {
-        Some((texts, _, teacher)) => {
-            let every = texts.len().div_ceil(2048).max(1);
-            let picked: Vec<usize> = (0..texts.len()).step_by(every).collect();
-            let drift = picked
-                .chunks(256)
-                .map(|c| {
-                    anchor_term(model, &states, texts, teacher, c)
-                        .and_then(|t| t.to_scalar::<f32>())
-                        .map(|d| d * c.len() as f32)
-                })
-                .sum::<candle_core::Result<f32>>()
-                .map_err(cerr)?;
-            Some(drift / picked.len().max(1) as f32)
+    // Up to 2,048 of `among`, evenly spaced: the mean of each anchor term over them.
+    let after = |held: &Held, among: &[usize]| -> candle_core::Result<(f32, Option<f32>)> {
+        let every = among.len().div_ceil(2048).max(1);
+        let picked: Vec<usize> = among.iter().copied().step_by(every).collect();
+        let (mut cos, mut rank) = (0.0, None::<f32>);
+        for c in picked.chunks(256) {
+            let (t, r) = anchor_term(model, &states, held, c)?;
+            cos += t.to_scalar::<f32>()? * c.len() as f32;
+            if let Some(r) = r {
+                *rank.get_or_insert(0.0) += r.to_scalar::<f32>()? * c.len() as f32;
+            }
         }
-        None => None,
+        let n = picked.len().max(1) as f32;
+        Ok((cos / n, rank.map(|r| r / n)))
+    };
+    let (anchor_drift_after, anchor_rank_after) = match &anchors {
+        Some(held) => {
+            let all: Vec<usize> = (0..held.texts.len()).collect();
+            let (drift, _) = after(held, &all).map_err(cerr)?;
+            let rank = match held.targets {
+                Some(_) => after(held, &held.titles).map_err(cerr)?.1,
+                None => None,
+            };
+            (Some(drift), rank)
+        }
+        None => (None, None),
     };
     let tenth = (losses.len() / 10).max(1);
     let avg = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
@@ -878,6 +981,7 @@ pub fn train(
         train_seconds,
         steps_per_second: losses.len() as f64 / train_seconds.max(1e-9),
         anchor_drift_after,
+        anchor_rank_after,
     };
     Ok(report)
 }
@@ -948,6 +1052,7 @@ mod tests {
                 weight: 30.0,
                 only: true,
                 title_share: 0.0,
+                rank_weight: 0.0,
             }))
         );
         for w in [0.0, -1.0, f32::NAN, f32::INFINITY] {
@@ -968,6 +1073,58 @@ mod tests {
             ));
         }
         assert_eq!(a.with_title_share(0.5).unwrap().title_share, 0.5);
+        for bad in [-1.0, f32::NAN, f32::INFINITY] {
+            assert!(matches!(
+                a.with_rank_weight(bad),
+                Err(AnchorError::RankWeight(_))
+            ));
+        }
+        assert_eq!(a.with_rank_weight(0.0).unwrap().rank_weight, 0.0);
+        assert_eq!(a.with_rank_weight(2.0).unwrap().rank_weight, 2.0);
+    }
+
+    #[test]
+    fn the_ranking_term_ranks_the_picked_job_titles_against_the_other_texts() {
+        let dim = 8;
+        let states: Vec<Hidden> = (0..6)
+            .map(|i| Hidden {
+                rows: (0..3 * dim)
+                    .map(|j| f16::from_f32(((i * 17 + j * 5) % 11) as f32 / 5.0 - 1.0))
+                    .collect(),
+                n: 3,
+            })
+            .collect();
+        let model = head::Head::new(dim).unwrap();
+        // Six texts, of which positions 1 and 4 are job titles.
+        let texts: Vec<usize> = (0..6).collect();
+        let teacher = teacher_rows(&model, &states, &texts, None, false).unwrap();
+        let mut held = Held {
+            texts,
+            titles: vec![1, 4],
+            teacher,
+            targets: None,
+        };
+        let targets = held.targets(dim).unwrap();
+        assert_eq!(
+            targets.dims(),
+            &[4, dim],
+            "the four texts that are not titles"
+        );
+        held.targets = Some(targets);
+        let scalar = |t: &candle_core::Tensor| t.to_scalar::<f32>().unwrap();
+        // At the teacher's own rows both terms are zero; no title picked, no ranking term.
+        let (cos, rank) = anchor_term(&model, &states, &held, &[0, 1, 4]).unwrap();
+        assert!(scalar(&cos).abs() < 1e-5 && scalar(&rank.unwrap()).abs() < 1e-5);
+        assert!(anchor_term(&model, &states, &held, &[0, 2, 3])
+            .unwrap()
+            .1
+            .is_none());
+        // Held away from the teacher (another title's rows), the title is ranked otherwise.
+        for k in 0..dim {
+            held.teacher.swap(dim + k, 4 * dim + k);
+        }
+        let (_, rank) = anchor_term(&model, &states, &held, &[1]).unwrap();
+        assert!(scalar(&rank.unwrap()) > 1e-3);
     }
 
     #[test]

@@ -72,6 +72,13 @@ pub(crate) struct TrainArgs {
     /// rest uniformly; 0 draws all uniformly. Job normalisation ranks real titles.
     #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
     anchor_title_share: f32,
+    /// With --anchor-texts: weight of a ranking term on the step's job titles (0: off), the
+    /// KL divergence between the teacher's and this run's softmax (τ 0.05) over the
+    /// teacher's rows of the occupation names and aliases: it holds the order of close
+    /// occupations for a title, what job normalisation measures, where the cosine term
+    /// holds the whole row.
+    #[arg(long, default_value_t = 0.0, value_name = "WEIGHT")]
+    anchor_rank_weight: f32,
     /// Hard negatives per skill-side text (0: none): skills that `--mine-with` ranks above
     /// every label of the text, masked where one is likely a positive under another name
     /// (`train::mine`). Each is an extra negative of its text in the InfoNCE.
@@ -235,6 +242,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         anchor_only,
         anchor_to,
         anchor_title_share,
+        anchor_rank_weight,
         hard_negatives,
         sibling_negatives,
         mine_with,
@@ -289,13 +297,23 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         train::AnchorError::TitleShare(_) => {
             anyhow::anyhow!("--anchor-title-share {anchor_title_share}: {e}")
         }
+        train::AnchorError::RankWeight(_) => {
+            anyhow::anyhow!("--anchor-rank-weight {anchor_rank_weight}: {e}")
+        }
     };
     let anchor = match train::Anchor::from_settings(anchor_texts, anchor_weight, anchor_only)
         .map_err(refused)?
     {
-        Some(a) => Some(a.with_title_share(anchor_title_share).map_err(refused)?),
+        Some(a) => Some(
+            a.with_title_share(anchor_title_share)
+                .and_then(|a| a.with_rank_weight(anchor_rank_weight))
+                .map_err(refused)?,
+        ),
         None if anchor_title_share != 0.0 => anyhow::bail!(
             "--anchor-title-share {anchor_title_share}: give --anchor-texts N (N ≥ 1) too; without anchor texts nothing is drawn"
+        ),
+        None if anchor_rank_weight != 0.0 => anyhow::bail!(
+            "--anchor-rank-weight {anchor_rank_weight}: give --anchor-texts N (N ≥ 1) too; without anchor texts no title is ranked"
         ),
         None => None,
     };
@@ -478,7 +496,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(a) = anchor {
         training_data.push(format!(
-            "anchor: {} occupation-side texts per step{} held at {} embeddings, weight {}{}",
+            "anchor: {} occupation-side texts per step{} held at {} embeddings, weight {}{}{}",
             a.per_step,
             if a.title_share > 0.0 {
                 format!(" ({}% of them job titles)", (a.title_share * 100.0).round())
@@ -490,6 +508,15 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
                 .map(|t| format!("{}'s", t.display()))
                 .unwrap_or_else(|| "the starting weights'".into()),
             a.weight,
+            if a.rank_weight > 0.0 {
+                format!(
+                    ", their ranking of the occupation names held at weight {} (KL, τ {})",
+                    a.rank_weight,
+                    train::RANK_ANCHOR_TAU
+                )
+            } else {
+                String::new()
+            },
             if a.only {
                 ", occupation pairs anchored only"
             } else {
