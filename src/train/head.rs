@@ -852,8 +852,8 @@ mod tests {
                 .unwrap()
         };
         assert!(kl(&teacher).abs() < 1e-6, "in place: {}", kl(&teacher));
-        // A move of about 0.15 rad towards the second occupation reorders the two close ones;
-        // a move of the same size away from both keeps their order and costs much less.
+        // A move of about 0.2 rad towards the second occupation reorders the two close ones;
+        // one of about 0.15 rad away from both keeps their order and costs far less.
         let reordered = unit(&[1.0, 0.15, 0.1]);
         let aside = unit(&[1.0, -0.05, 0.25]);
         assert!(
