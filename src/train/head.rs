@@ -230,21 +230,13 @@ pub fn pooled(model: &dyn Trainable, items: &[&Hidden]) -> candle_core::Result<T
     Ok(pool(&model.forward(&x, &all)?, &all)?.0)
 }
 
-/// Anchor term: the mean cosine distance `1 − cos` between the pooled embeddings `model`
-/// gives `items` and `teacher` `[b, d]` (normalised, from the weights training started
-/// at). It holds texts of one kind (job titles, occupation names) where they were while
-/// other batches move the shared layers: a distillation term, as in learning without
-/// forgetting (Li & Hoiem 2017).
-pub fn anchor_loss(
-    model: &dyn Trainable,
-    items: &[&Hidden],
-    teacher: &Tensor,
-) -> candle_core::Result<Tensor> {
-    cosine_distance(&pooled(model, items)?, teacher)
-}
-
-/// The mean `1 − cos` between matching rows of two normalised `[b, d]` tensors.
-pub fn cosine_distance(rows: &Tensor, teacher: &Tensor) -> candle_core::Result<Tensor> {
+/// Anchor term: the mean cosine distance `1 − cos` between the pooled embeddings `rows`
+/// the model gives the anchored texts now ([`pooled`]) and `teacher` `[b, d]` (both
+/// normalised; the teacher's from the weights training started at, or another model's).
+/// It holds texts of one kind (job titles, occupation names) where they were while other
+/// batches move the shared layers: a distillation term, as in learning without forgetting
+/// (Li & Hoiem 2017).
+pub fn anchor_loss(rows: &Tensor, teacher: &Tensor) -> candle_core::Result<Tensor> {
     (rows.mul(teacher)?.sum(1)?.neg()? + 1.0)?.mean_all()
 }
 
@@ -791,7 +783,7 @@ mod tests {
             let head = Head::new(dim).unwrap();
             let teacher = pooled(&head, &title_refs).unwrap().detach();
             assert!(
-                anchor_loss(&head, &title_refs, &teacher)
+                anchor_loss(&pooled(&head, &title_refs).unwrap(), &teacher)
                     .unwrap()
                     .to_scalar::<f32>()
                     .unwrap()
@@ -802,12 +794,12 @@ mod tests {
                 let mut loss =
                     batch_loss(&head, &qr, &tr, &[0, 1, 2, 3], &[0, 1, 2, 3], obj).unwrap();
                 if let Some(w) = weight {
-                    let a = anchor_loss(&head, &title_refs, &teacher).unwrap();
+                    let a = anchor_loss(&pooled(&head, &title_refs).unwrap(), &teacher).unwrap();
                     loss = (loss + (a * w).unwrap()).unwrap();
                 }
                 opt.step(&loss, step).unwrap();
             }
-            anchor_loss(&head, &title_refs, &teacher)
+            anchor_loss(&pooled(&head, &title_refs).unwrap(), &teacher)
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap()

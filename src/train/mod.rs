@@ -509,7 +509,7 @@ impl Held {
 
     /// The teacher's rows of every text that is not a job title: what titles are ranked
     /// against.
-    fn targets(&self, d: usize) -> candle_core::Result<candle_core::Tensor> {
+    fn target_rows(&self, d: usize) -> candle_core::Result<candle_core::Tensor> {
         let others: Vec<usize> = (0..self.texts.len())
             .filter(|i| self.titles.binary_search(i).is_err())
             .collect();
@@ -530,7 +530,7 @@ fn anchor_term(
     let items: Vec<&Hidden> = picked.iter().map(|&i| &states[held.texts[i]]).collect();
     let t = held.teacher_of(picked, d)?;
     let rows = head::pooled(model, &items)?;
-    let cos = head::cosine_distance(&rows, &t)?;
+    let cos = head::anchor_loss(&rows, &t)?;
     let rank = match &held.targets {
         Some(targets) => {
             let at: Vec<u32> = (0..picked.len() as u32)
@@ -808,7 +808,7 @@ pub fn train(
                     targets: None,
                 };
                 if spec.anchor.is_some_and(|a| a.rank_weight > 0.0) {
-                    held.targets = Some(held.targets(model.dim()).map_err(cerr)?);
+                    held.targets = Some(held.target_rows(model.dim()).map_err(cerr)?);
                 }
                 Some(held)
             }
@@ -990,17 +990,22 @@ pub fn train(
 mod tests {
     use super::*;
 
+    /// `texts` hidden states of `rows` rows each, deterministic and different per text.
+    fn synthetic_states(texts: usize, rows: usize, dim: usize) -> Vec<Hidden> {
+        (0..texts)
+            .map(|i| Hidden {
+                rows: (0..rows * dim)
+                    .map(|j| f16::from_f32(((i * 31 + j * 7) % 13) as f32 / 6.0 - 1.0))
+                    .collect(),
+                n: rows,
+            })
+            .collect()
+    }
+
     #[test]
     fn an_anchor_teacher_gives_its_rows_and_leaves_the_model_as_it_was() {
         let dim = 8;
-        let states: Vec<Hidden> = (0..3)
-            .map(|i| Hidden {
-                rows: (0..4 * dim)
-                    .map(|j| f16::from_f32(((i * 31 + j * 7) % 13) as f32 / 6.0 - 1.0))
-                    .collect(),
-                n: 4,
-            })
-            .collect();
+        let states = synthetic_states(3, 4, dim);
         let texts = [0, 2];
         let model = head::Head::new(dim).unwrap();
         let own = teacher_rows(&model, &states, &texts, None, false).unwrap();
@@ -1086,14 +1091,7 @@ mod tests {
     #[test]
     fn the_ranking_term_ranks_the_picked_job_titles_against_the_other_texts() {
         let dim = 8;
-        let states: Vec<Hidden> = (0..6)
-            .map(|i| Hidden {
-                rows: (0..3 * dim)
-                    .map(|j| f16::from_f32(((i * 17 + j * 5) % 11) as f32 / 5.0 - 1.0))
-                    .collect(),
-                n: 3,
-            })
-            .collect();
+        let states = synthetic_states(6, 3, dim);
         let model = head::Head::new(dim).unwrap();
         // Six texts, of which positions 1 and 4 are job titles.
         let texts: Vec<usize> = (0..6).collect();
@@ -1104,7 +1102,7 @@ mod tests {
             teacher,
             targets: None,
         };
-        let targets = held.targets(dim).unwrap();
+        let targets = held.target_rows(dim).unwrap();
         assert_eq!(
             targets.dims(),
             &[4, dim],
