@@ -182,6 +182,8 @@ pub async fn run(
     let left = tracker.in_flight();
     if let Some(c) = committer {
         c.abort();
+        // Wait for the task to be dropped, so that the consumer below is its last handle.
+        let _ = c.await;
     }
     if cfg.kafka.delivery == Delivery::AtLeastOnce
         && !offsets::commit_final(&name, consumer.clone(), tracker.clone()).await
@@ -193,6 +195,13 @@ pub async fn run(
         ));
     }
     health.ready.store(false, Ordering::Relaxed);
+    // Everything acknowledged is committed (or the failure is recorded above): closing the
+    // clients can only cost time now. librdkafka's consumer close waits, without a limit,
+    // for the group to confirm the leave, and one CI run saw it never end after a rejected
+    // revoke commit; bound it so that a broker that never answers cannot hold the exit.
+    if !drop_within((consumer, producer), CLIENT_CLOSE_LIMIT).await {
+        tracing::warn!(pipeline = %name, limit_s = CLIENT_CLOSE_LIMIT.as_secs(), "the Kafka clients did not close in time; exiting without them (offsets are already committed)");
+    }
     if let Some(f) = fatal_tx.borrow().clone() {
         health.failed.store(true, Ordering::Relaxed);
         return Err(ConnectorError::Stage(f));
@@ -208,4 +217,45 @@ pub async fn run(
     }
     tracing::info!(pipeline = %name, events_in = summary.events_in, "stopped cleanly");
     Ok(summary)
+}
+
+/// How long the Kafka clients may take to close (leave the group, flush) after the final
+/// commit.
+const CLIENT_CLOSE_LIMIT: Duration = Duration::from_secs(20);
+
+/// Drops `value` on a thread of its own and waits at most `limit` for it; false if the
+/// drop took longer (it then goes on in the background and ends with the process).
+async fn drop_within<T: Send + 'static>(value: T, limit: Duration) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        drop(value);
+        let _ = tx.send(());
+    });
+    tokio::time::timeout(limit, rx).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sleeps for its duration when dropped, like a client whose close waits on a broker.
+    struct SlowDrop(Duration);
+
+    impl Drop for SlowDrop {
+        fn drop(&mut self) {
+            std::thread::sleep(self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn drop_within_bounds_a_slow_close() {
+        let start = Instant::now();
+        assert!(!drop_within(SlowDrop(Duration::from_secs(5)), Duration::from_millis(100)).await);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(drop_within(SlowDrop(Duration::from_millis(10)), Duration::from_secs(5)).await);
+    }
 }
