@@ -518,20 +518,23 @@ impl Held {
 }
 
 /// The anchor terms of the texts at positions `picked` of `held.texts`: the cosine term
-/// ([`head::anchor_loss`]) on all of them, and with `held.targets` the ranking term
-/// ([`head::rank_anchor_loss`]) on the job titles among them (`None` when none was picked).
+/// ([`head::anchor_loss`]) on all of them, and with `held.targets` and `with_rank` the
+/// ranking term ([`head::rank_anchor_loss`]) on the job titles among them (`None` when none
+/// was picked). `with_rank` is off where only the drift is read: the ranking term's product
+/// with every occupation name is most of a chunk's cost.
 fn anchor_term(
     model: &dyn Trainable,
     states: &[Hidden],
     held: &Held,
     picked: &[usize],
+    with_rank: bool,
 ) -> candle_core::Result<(candle_core::Tensor, Option<candle_core::Tensor>)> {
     let d = model.dim();
     let items: Vec<&Hidden> = picked.iter().map(|&i| &states[held.texts[i]]).collect();
     let t = held.teacher_of(picked, d)?;
     let rows = head::pooled(model, &items)?;
     let cos = head::anchor_loss(&rows, &t)?;
-    let rank = match &held.targets {
+    let rank = match held.targets.as_ref().filter(|_| with_rank) {
         Some(targets) => {
             let at: Vec<u32> = (0..picked.len() as u32)
                 .filter(|&k| held.titles.binary_search(&picked[k as usize]).is_ok())
@@ -898,7 +901,7 @@ pub fn train(
         let mut message = format!("{l:.3}");
         if let (Some(a), Some(held)) = (spec.anchor, &anchors) {
             let picked = a.pick(held.texts.len(), &held.titles, &mut anchor_rng);
-            let (term, rank) = anchor_term(model, &states, held, &picked).map_err(cerr)?;
+            let (term, rank) = anchor_term(model, &states, held, &picked, true).map_err(cerr)?;
             message = format!(
                 "{message}, anchor {:.4}",
                 term.to_scalar::<f32>().map_err(cerr)?
@@ -941,12 +944,15 @@ pub fn train(
     bar.finish_and_clear();
     let train_seconds = t1.elapsed().as_secs_f64();
     // Up to 2,048 of `among`, evenly spaced: the mean of each anchor term over them.
-    let after = |held: &Held, among: &[usize]| -> candle_core::Result<(f32, Option<f32>)> {
+    let after = |held: &Held,
+                 among: &[usize],
+                 with_rank: bool|
+     -> candle_core::Result<(f32, Option<f32>)> {
         let every = among.len().div_ceil(2048).max(1);
         let picked: Vec<usize> = among.iter().copied().step_by(every).collect();
         let (mut cos, mut rank) = (0.0, None::<f32>);
         for c in picked.chunks(256) {
-            let (t, r) = anchor_term(model, &states, held, c)?;
+            let (t, r) = anchor_term(model, &states, held, c, with_rank)?;
             cos += t.to_scalar::<f32>()? * c.len() as f32;
             if let Some(r) = r {
                 *rank.get_or_insert(0.0) += r.to_scalar::<f32>()? * c.len() as f32;
@@ -958,9 +964,9 @@ pub fn train(
     let (anchor_drift_after, anchor_rank_after) = match &anchors {
         Some(held) => {
             let all: Vec<usize> = (0..held.texts.len()).collect();
-            let (drift, _) = after(held, &all).map_err(cerr)?;
+            let (drift, _) = after(held, &all, false).map_err(cerr)?;
             let rank = match held.targets {
-                Some(_) => after(held, &held.titles).map_err(cerr)?.1,
+                Some(_) => after(held, &held.titles, true).map_err(cerr)?.1,
                 None => None,
             };
             (Some(drift), rank)
@@ -1111,9 +1117,14 @@ mod tests {
         held.targets = Some(targets);
         let scalar = |t: &candle_core::Tensor| t.to_scalar::<f32>().unwrap();
         // At the teacher's own rows both terms are zero; no title picked, no ranking term.
-        let (cos, rank) = anchor_term(&model, &states, &held, &[0, 1, 4]).unwrap();
+        let (cos, rank) = anchor_term(&model, &states, &held, &[0, 1, 4], true).unwrap();
         assert!(scalar(&cos).abs() < 1e-5 && scalar(&rank.unwrap()).abs() < 1e-5);
-        assert!(anchor_term(&model, &states, &held, &[0, 2, 3])
+        assert!(anchor_term(&model, &states, &held, &[0, 2, 3], true)
+            .unwrap()
+            .1
+            .is_none());
+        // Asked for the cosine term only, a picked title gives no ranking term.
+        assert!(anchor_term(&model, &states, &held, &[0, 1, 4], false)
             .unwrap()
             .1
             .is_none());
@@ -1121,7 +1132,7 @@ mod tests {
         for k in 0..dim {
             held.teacher.swap(dim + k, 4 * dim + k);
         }
-        let (_, rank) = anchor_term(&model, &states, &held, &[1]).unwrap();
+        let (_, rank) = anchor_term(&model, &states, &held, &[1], true).unwrap();
         assert!(scalar(&rank.unwrap()) > 1e-3);
     }
 
