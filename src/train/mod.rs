@@ -520,8 +520,8 @@ impl Held {
 /// The anchor terms of the texts at positions `picked` of `held.texts`: the cosine term
 /// ([`head::anchor_loss`]) on all of them, and with `held.targets` and `with_rank` the
 /// ranking term ([`head::rank_anchor_loss`]) on the job titles among them (`None` when none
-/// was picked). `with_rank` is off where only the drift is read: the ranking term's product
-/// with every occupation name is most of a chunk's cost.
+/// was picked). `with_rank` is off where only the drift is read: the ranking term scores
+/// each title against every occupation name (tens of thousands of rows), work wasted there.
 fn anchor_term(
     model: &dyn Trainable,
     states: &[Hidden],
