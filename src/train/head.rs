@@ -262,6 +262,61 @@ pub fn rank_anchor_loss(
     log_t.exp()?.mul(&(log_t - log_s)?)?.sum(1)?.mean_all()
 }
 
+/// The columns of `targets` `[n, d]` that rank among the `k` highest for at least one row
+/// of `teacher` `[b, d]`: each title's closest occupations, where the teacher has them.
+/// Sorted, without repeats.
+pub fn top_columns(teacher: &Tensor, targets: &Tensor, k: usize) -> candle_core::Result<Vec<u32>> {
+    let scores = teacher.matmul(&targets.t()?)?.to_vec2::<f32>()?;
+    let mut out = std::collections::BTreeSet::new();
+    for row in scores {
+        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+        let k = k.min(idx.len());
+        if k == 0 {
+            continue;
+        }
+        idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+        out.extend(&idx[..k]);
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The ranking anchor as the model serves it ([`rank_anchor_loss`] otherwise): the
+/// occupations at `cols` of `targets` (the titles' closest, [`top_columns`]) are scored
+/// with the rows the model gives them now, `served` `[cols, d]`, on the student's side
+/// (the teacher keeps its own rows for them), the rest with the teacher's fixed rows. At
+/// serving time both sides of job normalisation are encoded by the new model: a
+/// fine-tune that holds every title where the teacher ranks it can still reorder a title's
+/// occupations by moving the occupations' own rows, which fixed target rows cannot see.
+pub fn rank_anchor_loss_served(
+    student: &Tensor,
+    teacher: &Tensor,
+    targets: &Tensor,
+    cols: &[u32],
+    served: &Tensor,
+    tau: f64,
+) -> candle_core::Result<Tensor> {
+    if cols.is_empty() {
+        return rank_anchor_loss(student, teacher, targets, tau);
+    }
+    let dev = targets.device();
+    // The chosen columns leave the fixed block (a large negative logit, so that each
+    // occupation is counted once) and come back as a block of their own.
+    let mut mask = vec![0f32; targets.dim(0)?];
+    for &c in cols {
+        mask[c as usize] = -1e4;
+    }
+    let mask = Tensor::from_vec(mask, (1, targets.dim(0)?), dev)?;
+    let fixed = targets.index_select(&Tensor::new(cols, dev)?, 0)?;
+    let log_p = |rows: &Tensor, near: &Tensor| -> candle_core::Result<Tensor> {
+        let far = rows.matmul(&targets.t()?)?.broadcast_add(&mask)?;
+        let logits = Tensor::cat(&[far, rows.matmul(&near.t()?)?], 1)?;
+        candle_nn::ops::log_softmax(&(logits / tau)?, D::Minus1)
+    };
+    let log_t = log_p(teacher, &fixed)?.detach();
+    let log_s = log_p(student, served)?;
+    log_t.exp()?.mul(&(log_t - log_s)?)?.sum(1)?.mean_all()
+}
+
 /// Soft late-interaction scores `[bq, bt]` between every query and every target.
 pub fn late_scores(
     q: &Tensor,

@@ -96,6 +96,11 @@ pub struct Anchor {
     /// KL divergence between the teacher's and the model's softmax over the teacher's rows
     /// of the other anchor texts (occupation names and aliases); 0: off.
     pub rank_weight: f32,
+    /// With a ranking term: how many of each title's closest occupations (the teacher's
+    /// top ones) are scored with the rows the model gives them now rather than the
+    /// teacher's fixed rows ([`head::rank_anchor_loss_served`]), so that the term also holds
+    /// the occupations' own moves; 0: every occupation at the teacher's rows.
+    pub rank_neighbours: usize,
 }
 
 /// Temperature of the ranking anchor's softmax: the InfoNCE's, so that the few
@@ -119,6 +124,9 @@ pub enum AnchorError {
         "the ranking anchor weight {0} is not a number ≥ 0: give 0 (off) or a positive weight"
     )]
     RankWeight(f32),
+    /// Neighbours asked for without a ranking term to use them.
+    #[error("{0} neighbours per title were asked for a ranking term of weight 0: give the ranking term a positive weight, or 0 neighbours")]
+    NeighboursWithoutRank(usize),
 }
 
 impl Anchor {
@@ -145,6 +153,7 @@ impl Anchor {
             only,
             title_share: 0.0,
             rank_weight: 0.0,
+            rank_neighbours: 0,
         }))
     }
 
@@ -166,6 +175,18 @@ impl Anchor {
         }
         Ok(Anchor {
             rank_weight: weight,
+            ..self
+        })
+    }
+
+    /// This anchor with `k` of each title's closest occupations scored at the model's own
+    /// rows in the ranking term, checked: they need a ranking term (set its weight first).
+    pub fn with_rank_neighbours(self, k: usize) -> Result<Anchor, AnchorError> {
+        if k > 0 && self.rank_weight == 0.0 {
+            return Err(AnchorError::NeighboursWithoutRank(k));
+        }
+        Ok(Anchor {
+            rank_neighbours: k,
             ..self
         })
     }
@@ -489,12 +510,14 @@ fn teacher_rows(
 
 /// What the anchor holds: the occupation-side texts (positions into the states), where
 /// the job titles sit among them, the teacher's pooled rows of each, and for a ranking
-/// anchor the teacher's rows of the texts that are not job titles (`[n, d]`).
+/// anchor the teacher's rows of the texts that are not job titles (`[n, d]`, row `j` the
+/// text at position `others[j]`).
 struct Held {
     texts: Vec<usize>,
     titles: Vec<usize>,
     teacher: Vec<f32>,
     targets: Option<candle_core::Tensor>,
+    others: Vec<usize>,
 }
 
 impl Held {
@@ -507,27 +530,31 @@ impl Held {
         candle_core::Tensor::from_vec(rows, (picked.len(), d), &candle_core::Device::Cpu)
     }
 
-    /// The teacher's rows of every text that is not a job title: what titles are ranked
-    /// against.
-    fn target_rows(&self, d: usize) -> candle_core::Result<candle_core::Tensor> {
-        let others: Vec<usize> = (0..self.texts.len())
+    /// Sets the ranking term's targets: the teacher's rows of every text that is not a job
+    /// title, what titles are ranked against.
+    fn set_targets(&mut self, d: usize) -> candle_core::Result<()> {
+        self.others = (0..self.texts.len())
             .filter(|i| self.titles.binary_search(i).is_err())
             .collect();
-        self.teacher_of(&others, d)
+        self.targets = Some(self.teacher_of(&self.others, d)?);
+        Ok(())
     }
 }
 
 /// The anchor terms of the texts at positions `picked` of `held.texts`: the cosine term
 /// ([`head::anchor_loss`]) on all of them, and with `held.targets` and `with_rank` the
 /// ranking term ([`head::rank_anchor_loss`]) on the job titles among them (`None` when none
-/// was picked). `with_rank` is off where only the drift is read: the ranking term scores
-/// each title against every occupation name (tens of thousands of rows), work wasted there.
+/// was picked), with each title's `neighbours` closest occupations at the model's own rows
+/// ([`head::rank_anchor_loss_served`]). `with_rank` is off where only the drift is read:
+/// the ranking term scores each title against every occupation name (tens of thousands of
+/// rows), work wasted there.
 fn anchor_term(
     model: &dyn Trainable,
     states: &[Hidden],
     held: &Held,
     picked: &[usize],
     with_rank: bool,
+    neighbours: usize,
 ) -> candle_core::Result<(candle_core::Tensor, Option<candle_core::Tensor>)> {
     let d = model.dim();
     let items: Vec<&Hidden> = picked.iter().map(|&i| &states[held.texts[i]]).collect();
@@ -543,12 +570,30 @@ fn anchor_term(
                 None
             } else {
                 let at = candle_core::Tensor::new(at.as_slice(), &candle_core::Device::Cpu)?;
-                Some(head::rank_anchor_loss(
-                    &rows.index_select(&at, 0)?,
-                    &t.index_select(&at, 0)?,
-                    targets,
-                    RANK_ANCHOR_TAU,
-                )?)
+                let (student, teacher) = (rows.index_select(&at, 0)?, t.index_select(&at, 0)?);
+                if neighbours == 0 {
+                    Some(head::rank_anchor_loss(
+                        &student,
+                        &teacher,
+                        targets,
+                        RANK_ANCHOR_TAU,
+                    )?)
+                } else {
+                    let cols = head::top_columns(&teacher, targets, neighbours)?;
+                    let near: Vec<&Hidden> = cols
+                        .iter()
+                        .map(|&c| &states[held.texts[held.others[c as usize]]])
+                        .collect();
+                    let served = head::pooled(model, &near)?;
+                    Some(head::rank_anchor_loss_served(
+                        &student,
+                        &teacher,
+                        targets,
+                        &cols,
+                        &served,
+                        RANK_ANCHOR_TAU,
+                    )?)
+                }
             }
         }
         None => None,
@@ -809,9 +854,10 @@ pub fn train(
                     titles,
                     teacher,
                     targets: None,
+                    others: Vec::new(),
                 };
                 if spec.anchor.is_some_and(|a| a.rank_weight > 0.0) {
-                    held.targets = Some(held.target_rows(model.dim()).map_err(cerr)?);
+                    held.set_targets(model.dim()).map_err(cerr)?;
                 }
                 Some(held)
             }
@@ -901,7 +947,8 @@ pub fn train(
         let mut message = format!("{l:.3}");
         if let (Some(a), Some(held)) = (spec.anchor, &anchors) {
             let picked = a.pick(held.texts.len(), &held.titles, &mut anchor_rng);
-            let (term, rank) = anchor_term(model, &states, held, &picked, true).map_err(cerr)?;
+            let (term, rank) = anchor_term(model, &states, held, &picked, true, a.rank_neighbours)
+                .map_err(cerr)?;
             message = format!(
                 "{message}, anchor {:.4}",
                 term.to_scalar::<f32>().map_err(cerr)?
@@ -944,6 +991,7 @@ pub fn train(
     bar.finish_and_clear();
     let train_seconds = t1.elapsed().as_secs_f64();
     // Up to 2,048 of `among`, evenly spaced: the mean of each anchor term over them.
+    let neighbours = spec.anchor.map_or(0, |a| a.rank_neighbours);
     let after = |held: &Held,
                  among: &[usize],
                  with_rank: bool|
@@ -952,7 +1000,7 @@ pub fn train(
         let picked: Vec<usize> = among.iter().copied().step_by(every).collect();
         let (mut cos, mut rank) = (0.0, None::<f32>);
         for c in picked.chunks(256) {
-            let (t, r) = anchor_term(model, &states, held, c, with_rank)?;
+            let (t, r) = anchor_term(model, &states, held, c, with_rank, neighbours)?;
             cos += t.to_scalar::<f32>()? * c.len() as f32;
             if let Some(r) = r {
                 *rank.get_or_insert(0.0) += r.to_scalar::<f32>()? * c.len() as f32;
@@ -1064,6 +1112,7 @@ mod tests {
                 only: true,
                 title_share: 0.0,
                 rank_weight: 0.0,
+                rank_neighbours: 0,
             }))
         );
         for w in [0.0, -1.0, f32::NAN, f32::INFINITY] {
@@ -1092,6 +1141,12 @@ mod tests {
         }
         assert_eq!(a.with_rank_weight(0.0).unwrap().rank_weight, 0.0);
         assert_eq!(a.with_rank_weight(2.0).unwrap().rank_weight, 2.0);
+        assert_eq!(
+            a.with_rank_neighbours(8),
+            Err(AnchorError::NeighboursWithoutRank(8))
+        );
+        let ranked = a.with_rank_weight(2.0).unwrap();
+        assert_eq!(ranked.with_rank_neighbours(8).unwrap().rank_neighbours, 8);
     }
 
     #[test]
@@ -1107,24 +1162,25 @@ mod tests {
             titles: vec![1, 4],
             teacher,
             targets: None,
+            others: Vec::new(),
         };
-        let targets = held.target_rows(dim).unwrap();
+        held.set_targets(dim).unwrap();
         assert_eq!(
-            targets.dims(),
+            held.targets.as_ref().unwrap().dims(),
             &[4, dim],
             "the four texts that are not titles"
         );
-        held.targets = Some(targets);
+        assert_eq!(held.others, [0, 2, 3, 5]);
         let scalar = |t: &candle_core::Tensor| t.to_scalar::<f32>().unwrap();
         // At the teacher's own rows both terms are zero; no title picked, no ranking term.
-        let (cos, rank) = anchor_term(&model, &states, &held, &[0, 1, 4], true).unwrap();
+        let (cos, rank) = anchor_term(&model, &states, &held, &[0, 1, 4], true, 0).unwrap();
         assert!(scalar(&cos).abs() < 1e-5 && scalar(&rank.unwrap()).abs() < 1e-5);
-        assert!(anchor_term(&model, &states, &held, &[0, 2, 3], true)
+        assert!(anchor_term(&model, &states, &held, &[0, 2, 3], true, 0)
             .unwrap()
             .1
             .is_none());
         // Asked for the cosine term only, a picked title gives no ranking term.
-        assert!(anchor_term(&model, &states, &held, &[0, 1, 4], false)
+        assert!(anchor_term(&model, &states, &held, &[0, 1, 4], false, 0)
             .unwrap()
             .1
             .is_none());
@@ -1132,8 +1188,44 @@ mod tests {
         for k in 0..dim {
             held.teacher.swap(dim + k, 4 * dim + k);
         }
-        let (_, rank) = anchor_term(&model, &states, &held, &[1], true).unwrap();
+        let (_, rank) = anchor_term(&model, &states, &held, &[1], true, 0).unwrap();
         assert!(scalar(&rank.unwrap()) > 1e-3);
+    }
+
+    #[test]
+    fn the_served_ranking_term_sees_an_occupation_move_that_fixed_rows_miss() {
+        let dim = 8;
+        let mut states = synthetic_states(6, 3, dim);
+        let model = head::Head::new(dim).unwrap();
+        let texts: Vec<usize> = (0..6).collect();
+        let teacher = teacher_rows(&model, &states, &texts, None, false).unwrap();
+        let mut held = Held {
+            texts,
+            titles: vec![1, 4],
+            teacher,
+            targets: None,
+            others: Vec::new(),
+        };
+        held.set_targets(dim).unwrap();
+        let rank = |states: &[Hidden], k: usize| {
+            anchor_term(&model, states, &held, &[1, 4], true, k)
+                .unwrap()
+                .1
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        // Where the teacher has everything, both forms are zero.
+        assert!(rank(&states, 0).abs() < 1e-5 && rank(&states, 2).abs() < 1e-5);
+        // The titles stay, but every occupation now reads as the first one: the titles' own
+        // rows are where the teacher has them, so the term on fixed rows sees nothing,
+        // while the served form, which scores the titles' closest occupations at the
+        // model's rows, sees their order change.
+        for t in [2, 3, 5] {
+            states[t] = states[0].clone();
+        }
+        assert!(rank(&states, 0).abs() < 1e-5);
+        assert!(rank(&states, 4) > 1e-3, "{}", rank(&states, 4));
     }
 
     #[test]

@@ -79,6 +79,12 @@ pub(crate) struct TrainArgs {
     /// holds the whole row.
     #[arg(long, default_value_t = 0.0, value_name = "WEIGHT")]
     anchor_rank_weight: f32,
+    /// With --anchor-rank-weight: score each title's K closest occupations (the teacher's
+    /// top K) with the rows this run gives them now, as serving does, instead of the
+    /// teacher's fixed rows (0: all fixed). Fixed rows hold the titles but not the
+    /// occupations' own moves, and both move the order job normalisation measures.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    anchor_rank_neighbours: usize,
     /// Hard negatives per skill-side text (0: none): skills that `--mine-with` ranks above
     /// every label of the text, masked where one is likely a positive under another name
     /// (`train::mine`). Each is an extra negative of its text in the InfoNCE.
@@ -243,6 +249,7 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         anchor_to,
         anchor_title_share,
         anchor_rank_weight,
+        anchor_rank_neighbours,
         hard_negatives,
         sibling_negatives,
         mine_with,
@@ -300,6 +307,9 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         train::AnchorError::RankWeight(_) => {
             anyhow::anyhow!("--anchor-rank-weight {anchor_rank_weight}: {e}")
         }
+        train::AnchorError::NeighboursWithoutRank(_) => {
+            anyhow::anyhow!("--anchor-rank-neighbours {anchor_rank_neighbours}: {e}")
+        }
     };
     let anchor = match train::Anchor::from_settings(anchor_texts, anchor_weight, anchor_only)
         .map_err(refused)?
@@ -307,13 +317,14 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         Some(a) => Some(
             a.with_title_share(anchor_title_share)
                 .and_then(|a| a.with_rank_weight(anchor_rank_weight))
+                .and_then(|a| a.with_rank_neighbours(anchor_rank_neighbours))
                 .map_err(refused)?,
         ),
         None if anchor_title_share != 0.0 => anyhow::bail!(
             "--anchor-title-share {anchor_title_share}: give --anchor-texts N (N ≥ 1) too; without anchor texts nothing is drawn"
         ),
-        None if anchor_rank_weight != 0.0 => anyhow::bail!(
-            "--anchor-rank-weight {anchor_rank_weight}: give --anchor-texts N (N ≥ 1) too; without anchor texts no title is ranked"
+        None if anchor_rank_weight != 0.0 || anchor_rank_neighbours != 0 => anyhow::bail!(
+            "--anchor-rank-weight {anchor_rank_weight} / --anchor-rank-neighbours {anchor_rank_neighbours}: give --anchor-texts N (N ≥ 1) too; without anchor texts no title is ranked"
         ),
         None => None,
     };
@@ -510,9 +521,17 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
             a.weight,
             if a.rank_weight > 0.0 {
                 format!(
-                    ", their ranking of the occupation names held at weight {} (KL, τ {})",
+                    ", their ranking of the occupation names held at weight {} (KL, τ {}{})",
                     a.rank_weight,
-                    train::RANK_ANCHOR_TAU
+                    train::RANK_ANCHOR_TAU,
+                    if a.rank_neighbours > 0 {
+                        format!(
+                            "; each title's {} closest occupations at this run's rows",
+                            a.rank_neighbours
+                        )
+                    } else {
+                        String::new()
+                    }
                 )
             } else {
                 String::new()
