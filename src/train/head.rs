@@ -257,31 +257,44 @@ pub fn rank_anchor_loss(
     let log_p = |rows: &Tensor| -> candle_core::Result<Tensor> {
         candle_nn::ops::log_softmax(&(rows.matmul(&targets.t()?)? / tau)?, D::Minus1)
     };
-    let log_t = log_p(teacher)?.detach();
-    let log_s = log_p(student)?;
+    mean_kl(&log_p(teacher)?, &log_p(student)?)
+}
+
+/// The mean over rows of `KL(p_t ‖ p_s)` from log-probabilities `[b, n]`; no gradient
+/// flows into the teacher's side.
+fn mean_kl(log_t: &Tensor, log_s: &Tensor) -> candle_core::Result<Tensor> {
+    let log_t = log_t.detach();
     log_t.exp()?.mul(&(log_t - log_s)?)?.sum(1)?.mean_all()
 }
 
-/// The columns of `targets` `[n, d]` that rank among the `k` highest for at least one row
-/// of `teacher` `[b, d]`: each title's closest occupations, where the teacher has them.
-/// Sorted, without repeats.
-pub fn top_columns(teacher: &Tensor, targets: &Tensor, k: usize) -> candle_core::Result<Vec<u32>> {
-    let scores = teacher.matmul(&targets.t()?)?.to_vec2::<f32>()?;
-    let mut out = std::collections::BTreeSet::new();
-    for row in scores {
-        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-        let k = k.min(idx.len());
-        if k == 0 {
-            continue;
-        }
-        idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
-        out.extend(&idx[..k]);
-    }
-    Ok(out.into_iter().collect())
+/// For each row of `rows` `[b, d]`, the `k` columns of `targets` `[n, d]` it scores
+/// highest (all of them where `n <= k`), in no particular order: a title's closest
+/// occupations, where the teacher has them.
+pub fn top_k_columns(
+    rows: &Tensor,
+    targets: &Tensor,
+    k: usize,
+) -> candle_core::Result<Vec<Vec<u32>>> {
+    let scores = rows.matmul(&targets.t()?)?.to_vec2::<f32>()?;
+    Ok(scores
+        .into_iter()
+        .map(|row| {
+            let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+            let k = k.min(idx.len());
+            if k > 0 && k < idx.len() {
+                idx.select_nth_unstable_by(k - 1, |&a, &b| {
+                    row[b as usize].total_cmp(&row[a as usize])
+                });
+            }
+            idx.truncate(k);
+            idx
+        })
+        .collect())
 }
 
 /// The ranking anchor as the model serves it ([`rank_anchor_loss`] otherwise): the
-/// occupations at `cols` of `targets` (the titles' closest, [`top_columns`]) are scored
+/// occupations at `cols` of `targets` (sorted, without repeats: the titles' closest,
+/// [`top_k_columns`]) are scored
 /// with the rows the model gives them now, `served` `[cols, d]`, on the student's side
 /// (the teacher keeps its own rows for them), the rest with the teacher's fixed rows. At
 /// serving time both sides of job normalisation are encoded by the new model: a
@@ -312,9 +325,7 @@ pub fn rank_anchor_loss_served(
         let logits = Tensor::cat(&[far, rows.matmul(&near.t()?)?], 1)?;
         candle_nn::ops::log_softmax(&(logits / tau)?, D::Minus1)
     };
-    let log_t = log_p(teacher, &fixed)?.detach();
-    let log_s = log_p(student, served)?;
-    log_t.exp()?.mul(&(log_t - log_s)?)?.sum(1)?.mean_all()
+    mean_kl(&log_p(teacher, &fixed)?, &log_p(student, served)?)
 }
 
 /// Soft late-interaction scores `[bq, bt]` between every query and every target.
@@ -920,5 +931,47 @@ mod tests {
             grad[1] > 0.0,
             "descent lowers the second coordinate: {grad:?}"
         );
+    }
+
+    #[test]
+    fn top_k_columns_finds_each_rows_highest_and_the_served_form_matches_at_the_teachers_rows() {
+        let dev = Device::Cpu;
+        let targets =
+            Tensor::new(&[[1.0f32, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]], &dev).unwrap();
+        let rows = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0]], &dev).unwrap();
+        let sorted = |k: usize| -> Vec<Vec<u32>> {
+            top_k_columns(&rows, &targets, k)
+                .unwrap()
+                .into_iter()
+                .map(|mut r| {
+                    r.sort();
+                    r
+                })
+                .collect()
+        };
+        assert_eq!(sorted(2), [vec![0, 1], vec![1, 2]]);
+        assert_eq!(sorted(1), [vec![0], vec![2]]);
+        assert_eq!(sorted(0), [Vec::<u32>::new(), Vec::new()]);
+        assert_eq!(sorted(9)[0].len(), 4, "k past the columns: all of them");
+        // Served at the teacher's own rows, the chosen columns change nothing: the same
+        // distribution, so the same (zero, then positive) divergence as the fixed form.
+        let student = Tensor::new(&[[0.96f32, 0.28], [0.0, 1.0]], &dev).unwrap();
+        let loss = |s: &Tensor, cols: &[u32]| -> f32 {
+            let at = Tensor::new(cols, &dev).unwrap();
+            let served = targets.index_select(&at, 0).unwrap();
+            rank_anchor_loss_served(s, &rows, &targets, cols, &served, 0.05)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let cols = [0u32, 1, 2];
+        let fixed = rank_anchor_loss(&student, &rows, &targets, 0.05)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(loss(&rows, &cols).abs() < 1e-6);
+        assert!(fixed > 1e-3);
+        assert!((loss(&student, &cols) - fixed).abs() < 1e-4 * fixed.max(1.0));
+        assert!((loss(&student, &[]) - fixed).abs() < 1e-6);
     }
 }

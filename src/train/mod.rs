@@ -511,16 +511,30 @@ fn teacher_rows(
 /// What the anchor holds: the occupation-side texts (positions into the states), where
 /// the job titles sit among them, the teacher's pooled rows of each, and for a ranking
 /// anchor the teacher's rows of the texts that are not job titles (`[n, d]`, row `j` the
-/// text at position `others[j]`).
+/// text at position `others[j]`) and, for its served form, each title's closest of them
+/// (`near[j]` for `titles[j]`, rows of `targets`).
 struct Held {
     texts: Vec<usize>,
     titles: Vec<usize>,
     teacher: Vec<f32>,
     targets: Option<candle_core::Tensor>,
     others: Vec<usize>,
+    near: Vec<Vec<u32>>,
 }
 
 impl Held {
+    /// Held texts with no ranking targets yet ([`Held::set_targets`]).
+    fn new(texts: Vec<usize>, titles: Vec<usize>, teacher: Vec<f32>) -> Held {
+        Held {
+            texts,
+            titles,
+            teacher,
+            targets: None,
+            others: Vec::new(),
+            near: Vec::new(),
+        }
+    }
+
     /// The teacher's rows of the texts at positions `picked`, `[len, d]`.
     fn teacher_of(&self, picked: &[usize], d: usize) -> candle_core::Result<candle_core::Tensor> {
         let rows: Vec<f32> = picked
@@ -531,12 +545,24 @@ impl Held {
     }
 
     /// Sets the ranking term's targets: the teacher's rows of every text that is not a job
-    /// title, what titles are ranked against.
-    fn set_targets(&mut self, d: usize) -> candle_core::Result<()> {
+    /// title, what titles are ranked against; and with `neighbours > 0` each title's
+    /// `neighbours` closest of them at the teacher's rows. Both sides are the teacher's,
+    /// fixed for the run, so they are found once here rather than at every step.
+    fn set_targets(&mut self, d: usize, neighbours: usize) -> candle_core::Result<()> {
         self.others = (0..self.texts.len())
             .filter(|i| self.titles.binary_search(i).is_err())
             .collect();
-        self.targets = Some(self.teacher_of(&self.others, d)?);
+        let targets = self.teacher_of(&self.others, d)?;
+        self.near = Vec::with_capacity(if neighbours > 0 { self.titles.len() } else { 0 });
+        if neighbours > 0 {
+            // In chunks: a chunk's score matrix is `[512, n]`, not `[titles, n]`.
+            for chunk in self.titles.chunks(512) {
+                let rows = self.teacher_of(chunk, d)?;
+                self.near
+                    .extend(head::top_k_columns(&rows, &targets, neighbours)?);
+            }
+        }
+        self.targets = Some(targets);
         Ok(())
     }
 }
@@ -544,61 +570,57 @@ impl Held {
 /// The anchor terms of the texts at positions `picked` of `held.texts`: the cosine term
 /// ([`head::anchor_loss`]) on all of them, and with `held.targets` and `with_rank` the
 /// ranking term ([`head::rank_anchor_loss`]) on the job titles among them (`None` when none
-/// was picked), with each title's `neighbours` closest occupations at the model's own rows
-/// ([`head::rank_anchor_loss_served`]). `with_rank` is off where only the drift is read:
-/// the ranking term scores each title against every occupation name (tens of thousands of
-/// rows), work wasted there.
+/// was picked); where `held.near` is set, with each picked title's closest occupations at
+/// the model's own rows ([`head::rank_anchor_loss_served`]). `with_rank` is off where only
+/// the drift is read: the ranking term scores each title against every occupation name
+/// (tens of thousands of rows), work wasted there.
 fn anchor_term(
     model: &dyn Trainable,
     states: &[Hidden],
     held: &Held,
     picked: &[usize],
     with_rank: bool,
-    neighbours: usize,
 ) -> candle_core::Result<(candle_core::Tensor, Option<candle_core::Tensor>)> {
     let d = model.dim();
     let items: Vec<&Hidden> = picked.iter().map(|&i| &states[held.texts[i]]).collect();
     let t = held.teacher_of(picked, d)?;
     let rows = head::pooled(model, &items)?;
     let cos = head::anchor_loss(&rows, &t)?;
-    let rank = match held.targets.as_ref().filter(|_| with_rank) {
-        Some(targets) => {
-            let at: Vec<u32> = (0..picked.len() as u32)
-                .filter(|&k| held.titles.binary_search(&picked[k as usize]).is_ok())
-                .collect();
-            if at.is_empty() {
-                None
-            } else {
-                let at = candle_core::Tensor::new(at.as_slice(), &candle_core::Device::Cpu)?;
-                let (student, teacher) = (rows.index_select(&at, 0)?, t.index_select(&at, 0)?);
-                if neighbours == 0 {
-                    Some(head::rank_anchor_loss(
-                        &student,
-                        &teacher,
-                        targets,
-                        RANK_ANCHOR_TAU,
-                    )?)
-                } else {
-                    let cols = head::top_columns(&teacher, targets, neighbours)?;
-                    let near: Vec<&Hidden> = cols
-                        .iter()
-                        .map(|&c| &states[held.texts[held.others[c as usize]]])
-                        .collect();
-                    let served = head::pooled(model, &near)?;
-                    Some(head::rank_anchor_loss_served(
-                        &student,
-                        &teacher,
-                        targets,
-                        &cols,
-                        &served,
-                        RANK_ANCHOR_TAU,
-                    )?)
-                }
-            }
-        }
-        None => None,
+    let Some(targets) = held.targets.as_ref().filter(|_| with_rank) else {
+        return Ok((cos, None));
     };
-    Ok((cos, rank))
+    // (row in `picked`, index in `held.titles`) of each picked title.
+    let at: Vec<(u32, usize)> = (0..picked.len())
+        .filter_map(|k| {
+            let j = held.titles.binary_search(&picked[k]).ok()?;
+            Some((k as u32, j))
+        })
+        .collect();
+    if at.is_empty() {
+        return Ok((cos, None));
+    }
+    let rows_at: Vec<u32> = at.iter().map(|&(k, _)| k).collect();
+    let rows_at = candle_core::Tensor::new(rows_at.as_slice(), &candle_core::Device::Cpu)?;
+    let (student, teacher) = (
+        rows.index_select(&rows_at, 0)?,
+        t.index_select(&rows_at, 0)?,
+    );
+    let rank = if held.near.is_empty() {
+        head::rank_anchor_loss(&student, &teacher, targets, RANK_ANCHOR_TAU)?
+    } else {
+        let cols: std::collections::BTreeSet<u32> = at
+            .iter()
+            .flat_map(|&(_, j)| held.near[j].iter().copied())
+            .collect();
+        let cols: Vec<u32> = cols.into_iter().collect();
+        let near: Vec<&Hidden> = cols
+            .iter()
+            .map(|&c| &states[held.texts[held.others[c as usize]]])
+            .collect();
+        let served = head::pooled(model, &near)?;
+        head::rank_anchor_loss_served(&student, &teacher, targets, &cols, &served, RANK_ANCHOR_TAU)?
+    };
+    Ok((cos, Some(rank)))
 }
 
 /// Writes trained weights as safetensors (f32, by name): a file the graph builder reads in
@@ -849,15 +871,10 @@ pub fn train(
                     spec.anchor_teacher.as_deref(),
                     spec.progress,
                 )?;
-                let mut held = Held {
-                    texts,
-                    titles,
-                    teacher,
-                    targets: None,
-                    others: Vec::new(),
-                };
-                if spec.anchor.is_some_and(|a| a.rank_weight > 0.0) {
-                    held.set_targets(model.dim()).map_err(cerr)?;
+                let mut held = Held::new(texts, titles, teacher);
+                if let Some(a) = spec.anchor.filter(|a| a.rank_weight > 0.0) {
+                    held.set_targets(model.dim(), a.rank_neighbours)
+                        .map_err(cerr)?;
                 }
                 Some(held)
             }
@@ -947,8 +964,7 @@ pub fn train(
         let mut message = format!("{l:.3}");
         if let (Some(a), Some(held)) = (spec.anchor, &anchors) {
             let picked = a.pick(held.texts.len(), &held.titles, &mut anchor_rng);
-            let (term, rank) = anchor_term(model, &states, held, &picked, true, a.rank_neighbours)
-                .map_err(cerr)?;
+            let (term, rank) = anchor_term(model, &states, held, &picked, true).map_err(cerr)?;
             message = format!(
                 "{message}, anchor {:.4}",
                 term.to_scalar::<f32>().map_err(cerr)?
@@ -991,7 +1007,6 @@ pub fn train(
     bar.finish_and_clear();
     let train_seconds = t1.elapsed().as_secs_f64();
     // Up to 2,048 of `among`, evenly spaced: the mean of each anchor term over them.
-    let neighbours = spec.anchor.map_or(0, |a| a.rank_neighbours);
     let after = |held: &Held,
                  among: &[usize],
                  with_rank: bool|
@@ -1000,7 +1015,7 @@ pub fn train(
         let picked: Vec<usize> = among.iter().copied().step_by(every).collect();
         let (mut cos, mut rank) = (0.0, None::<f32>);
         for c in picked.chunks(256) {
-            let (t, r) = anchor_term(model, &states, held, c, with_rank, neighbours)?;
+            let (t, r) = anchor_term(model, &states, held, c, with_rank)?;
             cos += t.to_scalar::<f32>()? * c.len() as f32;
             if let Some(r) = r {
                 *rank.get_or_insert(0.0) += r.to_scalar::<f32>()? * c.len() as f32;
@@ -1149,22 +1164,23 @@ mod tests {
         assert_eq!(ranked.with_rank_neighbours(8).unwrap().rank_neighbours, 8);
     }
 
+    /// Six held texts, of which positions 1 and 4 are job titles, at `model`'s own rows of
+    /// `states`, with ranking targets (each title's `neighbours` closest served).
+    fn six_held(model: &head::Head, states: &[Hidden], neighbours: usize) -> Held {
+        let texts: Vec<usize> = (0..6).collect();
+        let teacher = teacher_rows(model, states, &texts, None, false).unwrap();
+        let mut held = Held::new(texts, vec![1, 4], teacher);
+        held.set_targets(model.dim(), neighbours).unwrap();
+        held
+    }
+
     #[test]
     fn the_ranking_term_ranks_the_picked_job_titles_against_the_other_texts() {
         let dim = 8;
         let states = synthetic_states(6, 3, dim);
         let model = head::Head::new(dim).unwrap();
-        // Six texts, of which positions 1 and 4 are job titles.
-        let texts: Vec<usize> = (0..6).collect();
-        let teacher = teacher_rows(&model, &states, &texts, None, false).unwrap();
-        let mut held = Held {
-            texts,
-            titles: vec![1, 4],
-            teacher,
-            targets: None,
-            others: Vec::new(),
-        };
-        held.set_targets(dim).unwrap();
+        let mut held = six_held(&model, &states, 0);
+        assert!(held.near.is_empty(), "no served form asked");
         assert_eq!(
             held.targets.as_ref().unwrap().dims(),
             &[4, dim],
@@ -1173,14 +1189,14 @@ mod tests {
         assert_eq!(held.others, [0, 2, 3, 5]);
         let scalar = |t: &candle_core::Tensor| t.to_scalar::<f32>().unwrap();
         // At the teacher's own rows both terms are zero; no title picked, no ranking term.
-        let (cos, rank) = anchor_term(&model, &states, &held, &[0, 1, 4], true, 0).unwrap();
+        let (cos, rank) = anchor_term(&model, &states, &held, &[0, 1, 4], true).unwrap();
         assert!(scalar(&cos).abs() < 1e-5 && scalar(&rank.unwrap()).abs() < 1e-5);
-        assert!(anchor_term(&model, &states, &held, &[0, 2, 3], true, 0)
+        assert!(anchor_term(&model, &states, &held, &[0, 2, 3], true)
             .unwrap()
             .1
             .is_none());
         // Asked for the cosine term only, a picked title gives no ranking term.
-        assert!(anchor_term(&model, &states, &held, &[0, 1, 4], false, 0)
+        assert!(anchor_term(&model, &states, &held, &[0, 1, 4], false)
             .unwrap()
             .1
             .is_none());
@@ -1188,7 +1204,7 @@ mod tests {
         for k in 0..dim {
             held.teacher.swap(dim + k, 4 * dim + k);
         }
-        let (_, rank) = anchor_term(&model, &states, &held, &[1], true, 0).unwrap();
+        let (_, rank) = anchor_term(&model, &states, &held, &[1], true).unwrap();
         assert!(scalar(&rank.unwrap()) > 1e-3);
     }
 
@@ -1197,18 +1213,18 @@ mod tests {
         let dim = 8;
         let mut states = synthetic_states(6, 3, dim);
         let model = head::Head::new(dim).unwrap();
-        let texts: Vec<usize> = (0..6).collect();
-        let teacher = teacher_rows(&model, &states, &texts, None, false).unwrap();
-        let mut held = Held {
-            texts,
-            titles: vec![1, 4],
-            teacher,
-            targets: None,
-            others: Vec::new(),
-        };
-        held.set_targets(dim).unwrap();
-        let rank = |states: &[Hidden], k: usize| {
-            anchor_term(&model, states, &held, &[1, 4], true, k)
+        let fixed = six_held(&model, &states, 0);
+        let served = six_held(&model, &states, 4);
+        // Each title's four closest of the four other texts: all of them, found once.
+        assert_eq!(served.near.len(), 2);
+        for near in &served.near {
+            let mut near = near.clone();
+            near.sort();
+            assert_eq!(near, [0, 1, 2, 3]);
+        }
+        assert_eq!(six_held(&model, &states, 2).near[0].len(), 2);
+        let rank = |states: &[Hidden], held: &Held| {
+            anchor_term(&model, states, held, &[1, 4], true)
                 .unwrap()
                 .1
                 .unwrap()
@@ -1216,7 +1232,7 @@ mod tests {
                 .unwrap()
         };
         // Where the teacher has everything, both forms are zero.
-        assert!(rank(&states, 0).abs() < 1e-5 && rank(&states, 2).abs() < 1e-5);
+        assert!(rank(&states, &fixed).abs() < 1e-5 && rank(&states, &served).abs() < 1e-5);
         // The titles stay, but every occupation now reads as the first one: the titles' own
         // rows are where the teacher has them, so the term on fixed rows sees nothing,
         // while the served form, which scores the titles' closest occupations at the
@@ -1224,8 +1240,8 @@ mod tests {
         for t in [2, 3, 5] {
             states[t] = states[0].clone();
         }
-        assert!(rank(&states, 0).abs() < 1e-5);
-        assert!(rank(&states, 4) > 1e-3, "{}", rank(&states, 4));
+        assert!(rank(&states, &fixed).abs() < 1e-5);
+        assert!(rank(&states, &served) > 1e-3, "{}", rank(&states, &served));
     }
 
     #[test]
