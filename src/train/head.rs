@@ -294,12 +294,12 @@ pub fn top_k_columns(
 
 /// The ranking anchor as the model serves it ([`rank_anchor_loss`] otherwise): the
 /// occupations at `cols` of `targets` (sorted, without repeats: the titles' closest,
-/// [`top_k_columns`]) are scored
-/// with the rows the model gives them now, `served` `[cols, d]`, on the student's side
-/// (the teacher keeps its own rows for them), the rest with the teacher's fixed rows. At
-/// serving time both sides of job normalisation are encoded by the new model: a
-/// fine-tune that holds every title where the teacher ranks it can still reorder a title's
-/// occupations by moving the occupations' own rows, which fixed target rows cannot see.
+/// [`top_k_columns`]) are scored with the rows the model gives them now, `served`
+/// `[cols, d]`, on the student's side (the teacher keeps its own rows for them), the rest
+/// with the teacher's fixed rows. At serving time both sides of job normalisation are
+/// encoded by the new model: a fine-tune that holds every title where the teacher ranks it
+/// can still reorder a title's occupations by moving the occupations' own rows, which
+/// fixed target rows cannot see.
 pub fn rank_anchor_loss_served(
     student: &Tensor,
     teacher: &Tensor,

@@ -553,7 +553,7 @@ impl Held {
             .filter(|i| self.titles.binary_search(i).is_err())
             .collect();
         let targets = self.teacher_of(&self.others, d)?;
-        self.near = Vec::with_capacity(if neighbours > 0 { self.titles.len() } else { 0 });
+        self.near = Vec::new();
         if neighbours > 0 {
             // In chunks: a chunk's score matrix is `[512, n]`, not `[titles, n]`.
             for chunk in self.titles.chunks(512) {
