@@ -268,8 +268,9 @@ fn mean_kl(log_t: &Tensor, log_s: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// For each row of `rows` `[b, d]`, the `k` columns of `targets` `[n, d]` it scores
-/// highest (all of them where `n <= k`), in no particular order: a title's closest
-/// occupations, where the teacher has them.
+/// highest (all of them where `n <= k`), best first and ties by index, as
+/// [`crate::rank::top_k`] ranks them: a title's closest occupations, where the teacher has
+/// them.
 pub fn top_k_columns(
     rows: &Tensor,
     targets: &Tensor,
@@ -279,15 +280,10 @@ pub fn top_k_columns(
     Ok(scores
         .into_iter()
         .map(|row| {
-            let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-            let k = k.min(idx.len());
-            if k > 0 && k < idx.len() {
-                idx.select_nth_unstable_by(k - 1, |&a, &b| {
-                    row[b as usize].total_cmp(&row[a as usize])
-                });
-            }
-            idx.truncate(k);
-            idx
+            crate::rank::top_k(&row, k)
+                .into_iter()
+                .map(|h| h.index as u32)
+                .collect()
         })
         .collect())
 }
@@ -939,20 +935,13 @@ mod tests {
         let targets =
             Tensor::new(&[[1.0f32, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]], &dev).unwrap();
         let rows = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0]], &dev).unwrap();
-        let sorted = |k: usize| -> Vec<Vec<u32>> {
-            top_k_columns(&rows, &targets, k)
-                .unwrap()
-                .into_iter()
-                .map(|mut r| {
-                    r.sort();
-                    r
-                })
-                .collect()
-        };
-        assert_eq!(sorted(2), [vec![0, 1], vec![1, 2]]);
-        assert_eq!(sorted(1), [vec![0], vec![2]]);
-        assert_eq!(sorted(0), [Vec::<u32>::new(), Vec::new()]);
-        assert_eq!(sorted(9)[0].len(), 4, "k past the columns: all of them");
+        let top = |k: usize| top_k_columns(&rows, &targets, k).unwrap();
+        // Best first: row 1 scores column 2 (1.0) above column 1 (0.6).
+        assert_eq!(top(2), [vec![0, 1], vec![2, 1]]);
+        assert_eq!(top(1), [vec![0], vec![2]]);
+        assert_eq!(top(0), [Vec::<u32>::new(), Vec::new()]);
+        // k past the columns: all of them; row 1's tie at 0.0 (columns 0 and 3) by index.
+        assert_eq!(top(9), [vec![0, 1, 2, 3], vec![2, 1, 0, 3]]);
         // Served at the teacher's own rows, the chosen columns change nothing: the same
         // distribution, so the same (zero, then positive) divergence as the fixed form.
         let student = Tensor::new(&[[0.96f32, 0.28], [0.0, 1.0]], &dev).unwrap();
