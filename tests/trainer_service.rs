@@ -230,7 +230,24 @@ fn feedback_in_model_out_swapped_live_and_a_killed_run_resumes_without_partial_v
         card.contains("9 events") && card.contains("hard negatives"),
         "{card}"
     );
-    assert!(dir_v.join("report.json").is_file());
+    // The gate's report pairs the candidate with the serving model on the gate's task, with
+    // an interval around the same MAP difference its point scores give.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir_v.join("report.json")).unwrap()).unwrap();
+    let house = &report["deltas"]["skill_extraction_house"];
+    let task_map = |side: &str| {
+        report[side]["skill_extraction_house"]["MAP"]
+            .as_f64()
+            .unwrap()
+    };
+    let delta = house["map_delta"].as_f64().unwrap();
+    assert_eq!(house["n"], 61, "{report}");
+    assert!(
+        (delta - (task_map("candidate") - task_map("current_scores"))).abs() < 0.02,
+        "{report}"
+    );
+    let ci: Vec<f64> = serde_json::from_value(house["map_delta_ci95"].clone()).unwrap();
+    assert!(ci[0] <= delta && delta <= ci[1], "{report}");
     assert!(
         std::fs::read_dir(registry)
             .unwrap()

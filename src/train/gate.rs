@@ -42,9 +42,10 @@ pub fn default_dev_tasks(data_dir: &Path) -> Vec<DevTask> {
     .collect()
 }
 
-/// Scores of a model on the dev tasks, by task name, each task ranked with
+/// Per-query scores of a model on the dev tasks, by task name, each task ranked with
 /// `scorer(space)`: the scorer the model serves the task's space with
 /// ([`crate::model::Manifest::scorer_for`]), or one scorer for all (`|_| spec`).
+/// [`reports`] gives their means; [`paired_deltas`] compares two models on them.
 pub fn dev_scores(
     dir: &ModelDir,
     cfg: &EncoderConfig,
@@ -52,7 +53,7 @@ pub fn dev_scores(
     scorer: &dyn Fn(&str) -> ScorerSpec,
     data_dir: &Path,
     cache_dir: &Path,
-) -> Result<BTreeMap<String, Report>> {
+) -> Result<BTreeMap<String, eval::QueryScores>> {
     let mut enc = Encoder::load(dir, cfg)?;
     let mut spaces: HashMap<(String, Option<u32>), cache::EncodedSpace> = HashMap::new();
     let mut out = BTreeMap::new();
@@ -69,16 +70,91 @@ pub fn dev_scores(
             )?;
             spaces.insert(key.clone(), s);
         }
-        let r = eval::evaluate(
+        let q = eval::score_queries(
             &mut enc,
             &spaces[&key],
             &eval::read_tasks(&t.tasks)?,
             scorer(&t.space),
             false,
         )?;
-        out.insert(t.name.clone(), r);
+        out.insert(t.name.clone(), q);
     }
     Ok(out)
+}
+
+/// The mean scores of each task of [`dev_scores`].
+pub fn reports(scores: &BTreeMap<String, eval::QueryScores>) -> BTreeMap<String, Report> {
+    scores
+        .iter()
+        .map(|(k, q)| (k.clone(), q.report()))
+        .collect()
+}
+
+/// One paired comparison of two models on the same queries: the candidate's MAP and RP@5
+/// minus the current model's, in points, with paired 95% bootstrap intervals
+/// ([`eval::metric_delta`]), as `uwe-connect eval --against` prints them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairedDelta {
+    /// Queries compared.
+    pub n: usize,
+    /// Candidate MAP minus current MAP.
+    pub map_delta: f64,
+    /// Its 95% interval.
+    pub map_delta_ci95: [f64; 2],
+    /// Candidate RP@5 minus current RP@5.
+    pub rp5_delta: f64,
+    /// Its 95% interval.
+    pub rp5_delta_ci95: [f64; 2],
+}
+
+/// The gate's comparisons with intervals: one per task, and `pooled:<space>` over the
+/// queries of every task that ranks the same space, where two or more do (the skill dev
+/// sets pooled: the comparison large enough to trust, where a 61-sentence task alone is
+/// noise). A task whose two query lists differ in length (they cannot, on one space) is left
+/// out rather than paired wrongly.
+pub fn paired_deltas(
+    tasks: &[DevTask],
+    current: &BTreeMap<String, eval::QueryScores>,
+    candidate: &BTreeMap<String, eval::QueryScores>,
+) -> BTreeMap<String, PairedDelta> {
+    let pair = |a: &eval::QueryScores, b: &eval::QueryScores| {
+        let (map_delta, map_delta_ci95) = eval::metric_delta(a, b, 0);
+        let (rp5_delta, rp5_delta_ci95) = eval::metric_delta(a, b, 1);
+        PairedDelta {
+            n: a.queries.len(),
+            map_delta,
+            map_delta_ci95,
+            rp5_delta,
+            rp5_delta_ci95,
+        }
+    };
+    let mut out = BTreeMap::new();
+    let mut pooled: BTreeMap<&str, (eval::QueryScores, eval::QueryScores, usize)> = BTreeMap::new();
+    for t in tasks {
+        let (Some(a), Some(b)) = (current.get(&t.name), candidate.get(&t.name)) else {
+            continue;
+        };
+        if a.queries.len() != b.queries.len() {
+            continue;
+        }
+        out.insert(t.name.clone(), pair(a, b));
+        let empty = || eval::QueryScores {
+            queries: vec![],
+            skipped: 0,
+        };
+        let (pa, pb, count) = pooled
+            .entry(&t.space)
+            .or_insert_with(|| (empty(), empty(), 0));
+        pa.queries.extend_from_slice(&a.queries);
+        pb.queries.extend_from_slice(&b.queries);
+        *count += 1;
+    }
+    for (space, (a, b, count)) in pooled {
+        if count >= 2 {
+            out.insert(format!("pooled:{space}"), pair(&a, &b));
+        }
+    }
+    out
 }
 
 /// Builds a candidate model directory from the base and the trained weights.
@@ -110,4 +186,69 @@ pub fn build_candidate(
         int8: false,
     };
     model::build_model_dir(&spec, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores(aps: &[f64]) -> eval::QueryScores {
+        eval::QueryScores {
+            queries: aps.iter().map(|&a| [a, a, a, a]).collect(),
+            skipped: 0,
+        }
+    }
+
+    fn task(name: &str, space: &str) -> DevTask {
+        DevTask {
+            name: name.into(),
+            space: space.into(),
+            tasks: PathBuf::new(),
+            alias_weight: None,
+        }
+    }
+
+    #[test]
+    fn paired_deltas_compare_each_task_and_pool_the_tasks_of_one_space() {
+        let tasks = [
+            task("a", "esco-skills"),
+            task("b", "esco-skills"),
+            task("titles", "esco-occupations"),
+            task("short", "esco-occupations"),
+        ];
+        let by = |v: [(&str, &[f64]); 4]| -> BTreeMap<String, eval::QueryScores> {
+            v.iter().map(|(k, a)| (k.to_string(), scores(a))).collect()
+        };
+        let current = by([
+            ("a", &[0.5, 0.5]),
+            ("b", &[0.2, 0.4, 0.6]),
+            ("titles", &[0.3]),
+            ("short", &[0.1, 0.1]),
+        ]);
+        let candidate = by([
+            ("a", &[0.6, 0.7]),
+            ("b", &[0.2, 0.4, 0.6]),
+            ("titles", &[0.2]),
+            ("short", &[0.1]),
+        ]);
+        let d = paired_deltas(&tasks, &current, &candidate);
+        let keys: Vec<&str> = d.keys().map(String::as_str).collect();
+        // `short`'s lists differ in length: left out, and so is the occupations' pool (one
+        // task left in it).
+        assert_eq!(keys, ["a", "b", "pooled:esco-skills", "titles"]);
+        assert_eq!((d["a"].n, d["a"].map_delta), (2, 15.0));
+        let [lo, hi] = d["a"].map_delta_ci95;
+        assert!(
+            (10.0..=15.0).contains(&lo) && (15.0..=20.0).contains(&hi),
+            "{lo} {hi}"
+        );
+        assert_eq!(d["b"].map_delta_ci95, [0.0, 0.0]);
+        assert_eq!(d["titles"].map_delta, -10.0);
+        assert_eq!(d["titles"].rp5_delta, -10.0);
+        // Pooled: the five skill queries together, (0.1 + 0.2) / 5.
+        assert_eq!(
+            (d["pooled:esco-skills"].n, d["pooled:esco-skills"].map_delta),
+            (5, 6.0)
+        );
+    }
 }

@@ -18,7 +18,9 @@ pub mod head;
 pub mod mine;
 pub mod pseudo;
 
-pub use gate::{build_candidate, default_dev_tasks, dev_scores, DevTask};
+pub use gate::{
+    build_candidate, default_dev_tasks, dev_scores, paired_deltas, reports, DevTask, PairedDelta,
+};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -63,6 +63,22 @@ fn mean_map(s: &BTreeMap<String, crate::eval::Report>) -> f64 {
     s.values().map(|r| r.map).sum::<f64>() / s.len().max(1) as f64
 }
 
+/// One line per comparison of the gate, for the operator reading the run's log.
+fn eprint_deltas(deltas: &BTreeMap<String, train::PairedDelta>) {
+    for (task, d) in deltas {
+        eprintln!(
+            "  {task} (n = {}): MAP {:+.2} [{:+.2}, {:+.2}], RP@5 {:+.2} [{:+.2}, {:+.2}]",
+            d.n,
+            d.map_delta,
+            d.map_delta_ci95[0],
+            d.map_delta_ci95[1],
+            d.rp5_delta,
+            d.rp5_delta_ci95[0],
+            d.rp5_delta_ci95[1]
+        );
+    }
+}
+
 /// Gates the candidate and publishes it when it is at least as good on every dev task.
 pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
     let Candidate {
@@ -122,7 +138,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
     // with the default scorer. The candidate's default is its better one of late and pooled
     // on the tasks the default serves.
     let carried = cur_dir.manifest.target_scorers.clone();
-    let cur_scores = train::dev_scores(
+    let cur_queries = train::dev_scores(
         &cur_dir,
         &ecfg,
         &tasks,
@@ -130,12 +146,14 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
         &data_dir,
         &cache_dir,
     )?;
+    let cur_scores = train::reports(&cur_queries);
     let served = |default: ScorerSpec| {
         let carried = carried.clone();
         move |space: &str| carried.get(space).copied().unwrap_or(default)
     };
-    let cand_late = train::dev_scores(&cand, &ecfg, &tasks, &served(late), &data_dir, &cache_dir)?;
-    let cand_pooled = train::dev_scores(
+    let cand_late_q =
+        train::dev_scores(&cand, &ecfg, &tasks, &served(late), &data_dir, &cache_dir)?;
+    let cand_pooled_q = train::dev_scores(
         &cand,
         &ecfg,
         &tasks,
@@ -143,6 +161,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
         &data_dir,
         &cache_dir,
     )?;
+    let (cand_late, cand_pooled) = (train::reports(&cand_late_q), train::reports(&cand_pooled_q));
     let by_default = |s: &BTreeMap<String, crate::eval::Report>| -> f64 {
         let on_default: Vec<f64> = tasks
             .iter()
@@ -158,14 +177,18 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
     // Keyed by the candidate's default scorer; the spaces in `target_scorers` are ranked
     // with their own scorer under both keys.
     let by_scorer = serde_json::json!({"late": &cand_late, "pooled": &cand_pooled});
-    let (scorer, cand_scores) = if by_default(&cand_late) >= by_default(&cand_pooled) {
-        (late, cand_late)
+    let (scorer, cand_scores, cand_queries) = if by_default(&cand_late) >= by_default(&cand_pooled)
+    {
+        (late, cand_late, cand_late_q)
     } else {
-        (ScorerSpec::Pooled, cand_pooled)
+        (ScorerSpec::Pooled, cand_pooled, cand_pooled_q)
     };
     let wins = tasks
         .iter()
         .all(|t| cand_scores[&t.name].map >= cur_scores[&t.name].map + margin);
+    // The decision is on the point MAPs; the intervals say how much of each difference the
+    // dev sets can tell from noise.
+    let deltas = train::paired_deltas(&tasks, &cur_queries, &cand_queries);
     let gate = serde_json::json!({
         "version": version,
         "current": cur_dir.manifest.version,
@@ -177,6 +200,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
         "scorer": scorer,
         "target_scorers": &carried,
         "candidate_by_scorer": by_scorer,
+        "deltas": &deltas,
     });
     println!("{gate}");
     let maps = |s: &BTreeMap<String, crate::eval::Report>| -> BTreeMap<String, f64> {
@@ -211,6 +235,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
         let dest = registry.join("rejected").join(&version);
         std::fs::create_dir_all(dest.parent().unwrap())?;
         std::fs::rename(&staging, &dest)?;
+        eprint_deltas(&deltas);
         eprintln!("candidate {version} is not better than {} on every dev task: kept in {} with its report, not published", cur_dir.manifest.version, dest.display());
         return Ok(gated);
     }
@@ -220,6 +245,7 @@ pub(super) fn gate_and_publish(c: Candidate) -> anyhow::Result<Gated> {
     let _ = std::fs::remove_file(&link_tmp);
     std::os::unix::fs::symlink(&version, &link_tmp)?;
     std::fs::rename(&link_tmp, registry.join("current"))?;
+    eprint_deltas(&deltas);
     eprintln!("published {} (registry/current)", dest.display());
     if let Some(b) = brokers {
         let announce = serde_json::json!({
