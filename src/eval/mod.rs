@@ -180,6 +180,37 @@ pub fn metric_delta(a: &QueryScores, b: &QueryScores, i: usize) -> (f64, [f64; 2
     (r2(mean(&d)), [r2(lo), r2(hi)])
 }
 
+/// One paired comparison of two models on the same queries: the second's MAP and RP@5
+/// minus the first's, in points, with paired 95% bootstrap intervals ([`metric_delta`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairedDelta {
+    /// Queries compared.
+    pub n: usize,
+    /// MAP change.
+    pub map_delta: f64,
+    /// Its 95% interval.
+    pub map_delta_ci95: [f64; 2],
+    /// RP@5 change.
+    pub rp5_delta: f64,
+    /// Its 95% interval.
+    pub rp5_delta_ci95: [f64; 2],
+}
+
+impl PairedDelta {
+    /// The changes from `a` to `b`, which must score the same queries in the same order.
+    pub fn between(a: &QueryScores, b: &QueryScores) -> Self {
+        let (map_delta, map_delta_ci95) = map_delta(a, b);
+        let (rp5_delta, rp5_delta_ci95) = metric_delta(a, b, 1);
+        Self {
+            n: a.queries.len(),
+            map_delta,
+            map_delta_ci95,
+            rp5_delta,
+            rp5_delta_ci95,
+        }
+    }
+}
+
 /// 95% percentile-bootstrap interval of `stat` over `items` (1,000 resamples, fixed seed so
 /// a report can be reproduced).
 pub fn bootstrap<T: Copy>(items: &[T], stat: impl Fn(&[T]) -> f64) -> [f64; 2] {

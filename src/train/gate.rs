@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::eval::PairedDelta;
 
 /// A dev task of the gate.
 #[derive(Debug, Clone)]
@@ -90,23 +91,6 @@ pub fn reports(scores: &BTreeMap<String, eval::QueryScores>) -> BTreeMap<String,
         .collect()
 }
 
-/// One paired comparison of two models on the same queries: the candidate's MAP and RP@5
-/// minus the current model's, in points, with paired 95% bootstrap intervals
-/// ([`eval::metric_delta`]), as `uwe-connect eval --against` prints them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PairedDelta {
-    /// Queries compared.
-    pub n: usize,
-    /// Candidate MAP minus current MAP.
-    pub map_delta: f64,
-    /// Its 95% interval.
-    pub map_delta_ci95: [f64; 2],
-    /// Candidate RP@5 minus current RP@5.
-    pub rp5_delta: f64,
-    /// Its 95% interval.
-    pub rp5_delta_ci95: [f64; 2],
-}
-
 /// The gate's comparisons with intervals: one per task, and `pooled:<space>` over the
 /// queries of every task that ranks the same space, where two or more do (the skill dev
 /// sets pooled: the comparison large enough to trust, where a 61-sentence task alone is
@@ -117,17 +101,6 @@ pub fn paired_deltas(
     current: &BTreeMap<String, eval::QueryScores>,
     candidate: &BTreeMap<String, eval::QueryScores>,
 ) -> BTreeMap<String, PairedDelta> {
-    let pair = |a: &eval::QueryScores, b: &eval::QueryScores| {
-        let (map_delta, map_delta_ci95) = eval::metric_delta(a, b, 0);
-        let (rp5_delta, rp5_delta_ci95) = eval::metric_delta(a, b, 1);
-        PairedDelta {
-            n: a.queries.len(),
-            map_delta,
-            map_delta_ci95,
-            rp5_delta,
-            rp5_delta_ci95,
-        }
-    };
     let mut out = BTreeMap::new();
     let mut pooled: BTreeMap<&str, (eval::QueryScores, eval::QueryScores, usize)> = BTreeMap::new();
     for t in tasks {
@@ -137,7 +110,7 @@ pub fn paired_deltas(
         if a.queries.len() != b.queries.len() {
             continue;
         }
-        out.insert(t.name.clone(), pair(a, b));
+        out.insert(t.name.clone(), PairedDelta::between(a, b));
         let empty = || eval::QueryScores {
             queries: vec![],
             skipped: 0,
@@ -151,7 +124,7 @@ pub fn paired_deltas(
     }
     for (space, (a, b, count)) in pooled {
         if count >= 2 {
-            out.insert(format!("pooled:{space}"), pair(&a, &b));
+            out.insert(format!("pooled:{space}"), PairedDelta::between(&a, &b));
         }
     }
     out

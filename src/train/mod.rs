@@ -18,9 +18,7 @@ pub mod head;
 pub mod mine;
 pub mod pseudo;
 
-pub use gate::{
-    build_candidate, default_dev_tasks, dev_scores, paired_deltas, reports, DevTask, PairedDelta,
-};
+pub use gate::{build_candidate, default_dev_tasks, dev_scores, paired_deltas, reports, DevTask};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -350,15 +350,14 @@ fn print_changes(
     names: &[String],
     scores: &[eval::QueryScores],
 ) -> anyhow::Result<()> {
-    let (d, ci) = eval::map_delta(&scores[0], &scores[1]);
-    let (d5, ci5) = eval::metric_delta(&scores[0], &scores[1], 1);
     out.insert("space".into(), space.into());
     out.insert("from".into(), names[0].clone().into());
     out.insert("to".into(), names[1].clone().into());
-    out.insert("map_delta".into(), d.into());
-    out.insert("map_delta_ci95".into(), serde_json::to_value(ci)?);
-    out.insert("rp5_delta".into(), d5.into());
-    out.insert("rp5_delta_ci95".into(), serde_json::to_value(ci5)?);
+    if let serde_json::Value::Object(d) =
+        serde_json::to_value(eval::PairedDelta::between(&scores[0], &scores[1]))?
+    {
+        out.extend(d);
+    }
     println!("{}", serde_json::Value::Object(out));
     Ok(())
 }

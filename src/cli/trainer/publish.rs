@@ -64,7 +64,7 @@ fn mean_map(s: &BTreeMap<String, crate::eval::Report>) -> f64 {
 }
 
 /// One line per comparison of the gate, for the operator reading the run's log.
-fn eprint_deltas(deltas: &BTreeMap<String, train::PairedDelta>) {
+fn eprint_deltas(deltas: &BTreeMap<String, crate::eval::PairedDelta>) {
     for (task, d) in deltas {
         eprintln!(
             "  {task} (n = {}): MAP {:+.2} [{:+.2}, {:+.2}], RP@5 {:+.2} [{:+.2}, {:+.2}]",
