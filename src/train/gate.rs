@@ -102,7 +102,8 @@ pub fn paired_deltas(
     candidate: &BTreeMap<String, eval::QueryScores>,
 ) -> BTreeMap<String, PairedDelta> {
     let mut out = BTreeMap::new();
-    let mut pooled: BTreeMap<&str, (eval::QueryScores, eval::QueryScores, usize)> = BTreeMap::new();
+    let mut by_space: BTreeMap<&str, Vec<(&eval::QueryScores, &eval::QueryScores)>> =
+        BTreeMap::new();
     for t in tasks {
         let (Some(a), Some(b)) = (current.get(&t.name), candidate.get(&t.name)) else {
             continue;
@@ -111,21 +112,20 @@ pub fn paired_deltas(
             continue;
         }
         out.insert(t.name.clone(), PairedDelta::between(a, b));
-        let empty = || eval::QueryScores {
-            queries: vec![],
+        by_space.entry(&t.space).or_default().push((a, b));
+    }
+    // A pool of one task would repeat that task's line.
+    for (space, pairs) in by_space.into_iter().filter(|(_, p)| p.len() >= 2) {
+        let concat = |parts: Vec<&eval::QueryScores>| eval::QueryScores {
+            queries: parts
+                .iter()
+                .flat_map(|q| q.queries.iter().copied())
+                .collect(),
             skipped: 0,
         };
-        let (pa, pb, count) = pooled
-            .entry(&t.space)
-            .or_insert_with(|| (empty(), empty(), 0));
-        pa.queries.extend_from_slice(&a.queries);
-        pb.queries.extend_from_slice(&b.queries);
-        *count += 1;
-    }
-    for (space, (a, b, count)) in pooled {
-        if count >= 2 {
-            out.insert(format!("pooled:{space}"), PairedDelta::between(&a, &b));
-        }
+        let (a, b): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+        let (a, b) = (concat(a), concat(b));
+        out.insert(format!("pooled:{space}"), PairedDelta::between(&a, &b));
     }
     out
 }
