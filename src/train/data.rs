@@ -408,15 +408,27 @@ pub fn build_pairs(data_dir: &Path, spec: &DataSpec) -> Result<Vec<Pair>> {
     out.retain(|p| !p.query.trim().is_empty());
     if spec.pseudo_labels.is_some() {
         // Employers repeat boilerplate, so some SkillSpan training sentences recur word for
-        // word among the gate's skill dev sentences (28 of the shipped pseudo-labels): trained
-        // on, they would inflate the gate's figures.
+        // word among the gate's skill dev sentences (29 of the shipped pseudo-labels, one of
+        // them without the dev sentence's bullet): trained on, they would inflate the gate's
+        // figures.
         let dev = dev_skill_queries(data_dir)?;
-        out.retain(|p| p.source != "skillspan_pseudo" || !dev.contains(p.query.trim()));
+        out.retain(|p| p.source != "skillspan_pseudo" || !dev.contains(&words_key(&p.query)));
     }
     Ok(out)
 }
 
-/// The query texts of the gate's skill dev tasks that exist under `data_dir`.
+/// A sentence's words, lower-cased, without the punctuation and bullets around them: two
+/// sentences with the same key are the same sentence to a dev set.
+fn words_key(text: &str) -> String {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// The query texts of the gate's skill dev tasks that exist under `data_dir`, as
+/// [`words_key`]s.
 fn dev_skill_queries(data_dir: &Path) -> Result<std::collections::HashSet<String>> {
     let mut out = std::collections::HashSet::new();
     for t in crate::train::default_dev_tasks(data_dir) {
@@ -424,7 +436,7 @@ fn dev_skill_queries(data_dir: &Path) -> Result<std::collections::HashSet<String
             out.extend(
                 crate::eval::read_tasks(&t.tasks)?
                     .into_iter()
-                    .map(|q| q.query.trim().to_string()),
+                    .map(|q| words_key(&q.query)),
             );
         }
     }
@@ -524,6 +536,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("label_id"), "{err}");
+    }
+
+    #[test]
+    fn a_dev_sentence_behind_another_bullet_is_the_same_sentence() {
+        let dev = words_key("* Advanced knowledge of Kubernetes/Helm.");
+        assert_eq!(dev, "advanced knowledge of kubernetes helm");
+        assert_eq!(words_key("• advanced knowledge of Kubernetes / Helm"), dev);
+        assert_ne!(words_key("Advanced knowledge of Kubernetes"), dev);
     }
 
     #[test]

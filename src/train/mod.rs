@@ -497,9 +497,9 @@ fn teacher_rows(
                 .collect::<candle_core::Result<HashMap<_, _>>>()
         })
         .map_err(cerr)?;
-    model.restore(&read_trained(path)?).map_err(|e| {
+    model.restore_part(&read_trained(path)?).map_err(|e| {
         ModelError::Weights(format!(
-            "anchor teacher {}: {e}; give trained weights of the part this run trains",
+            "anchor teacher {}: {e}; give trained weights of the part this run trains, or of fewer top layers (the others keep the starting weights)",
             path.display()
         ))
     })?;

@@ -46,7 +46,7 @@ pub(crate) struct TrainArgs {
     objective: ObjectiveTerms,
     /// Trained weights to start from instead of the base model's (a model directory's
     /// `trained.safetensors`, for example the shipped model's): fine-tunes it. They must
-    /// be of the part `--train` names.
+    /// be of the part `--train` names or of fewer top layers (the rest start from the base).
     #[arg(long)]
     init: Option<PathBuf>,
     /// Anchor texts per step (0: none): job titles and occupation names from the training
@@ -352,12 +352,21 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(init) = &init {
         let weights =
             train::read_trained(init).with_context(|| format!("--init {}", init.display()))?;
-        trainable.restore(&weights).map_err(|e| {
+        let set = trainable.restore_part(&weights).map_err(|e| {
             anyhow::anyhow!(
-                "--init {}: {e}; the weights must be of the part --train {trained:?} names",
+                "--init {}: {e}; the weights must be of the part --train {trained:?} names, or of fewer top layers",
                 init.display()
             )
         })?;
+        let all = trainable.vars().len();
+        if set < all {
+            tracing::info!(
+                init = %init.display(),
+                set,
+                all,
+                "--init holds fewer layers than --train names; the lower ones start from the base weights"
+            );
+        }
     }
 
     let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
