@@ -7,6 +7,7 @@
 //! Hugging Face names, so an export is a safetensors file the graph builder reads in place
 //! of the base weights of the same names.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -163,7 +164,122 @@ impl Trainable for TopLayers {
             .collect())
     }
 
+    /// Weights of whole top layers, fewer than this part trains (a three-layer model
+    /// fine-tuned with four): those layers are set and the lower ones keep their weights.
+    fn restore_part(&self, named: &HashMap<String, Tensor>) -> candle_core::Result<usize> {
+        let held = |l: usize| {
+            LAYER_WEIGHTS
+                .iter()
+                .filter(|w| named.contains_key(&format!("encoder.layer.{l}.{w}")))
+                .count()
+        };
+        let layers = self.first..self.first + self.n;
+        let own = layers.clone().map(held).sum::<usize>();
+        if own < named.len() {
+            let alien = named
+                .keys()
+                .find(|k| !self.vars.iter().any(|(n, _)| n == *k));
+            candle_core::bail!(
+                "the weights hold {}, which the top {} layers lack",
+                alien.map_or("other tensors", String::as_str),
+                self.n
+            );
+        }
+        // Whole layers, and the top ones: from the first layer held up to the last.
+        let from = layers.clone().find(|&l| held(l) > 0);
+        let Some(from) = from else {
+            candle_core::bail!("the weights hold none of the top {} layers", self.n);
+        };
+        if let Some(l) = (from..self.first + self.n).find(|&l| held(l) != LAYER_WEIGHTS.len()) {
+            candle_core::bail!(
+                "the weights hold {} of layer {l}'s {} tensors; give whole top layers",
+                held(l),
+                LAYER_WEIGHTS.len()
+            );
+        }
+        for (name, var) in &self.vars {
+            if let Some(t) = named.get(name) {
+                var.set(t)?;
+            }
+        }
+        Ok(own)
+    }
+
     fn dim(&self) -> usize {
         self.dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two layers (4 and 5 of 6) of width 1, every weight `x`.
+    fn two_layers(x: f32) -> TopLayers {
+        let vars = (4..6)
+            .flat_map(|l| LAYER_WEIGHTS.map(|w| format!("encoder.layer.{l}.{w}")))
+            .map(|n| (n, Var::new(&[x], &Device::Cpu).unwrap()))
+            .collect();
+        TopLayers {
+            vars,
+            first: 4,
+            n: 2,
+            heads: 1,
+            dim: 1,
+            eps: 1e-12,
+        }
+    }
+
+    fn weights_of(l: usize, x: f32) -> HashMap<String, Tensor> {
+        LAYER_WEIGHTS
+            .map(|w| {
+                let t = Tensor::new(&[x], &Device::Cpu).unwrap();
+                (format!("encoder.layer.{l}.{w}"), t)
+            })
+            .into_iter()
+            .collect()
+    }
+
+    fn values(m: &TopLayers) -> Vec<f32> {
+        m.vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().to_vec1::<f32>().unwrap()[0])
+            .collect()
+    }
+
+    #[test]
+    fn the_top_layer_alone_sets_it_and_keeps_the_lower_one() {
+        let m = two_layers(1.0);
+        assert_eq!(m.restore_part(&weights_of(5, 7.0)).unwrap(), 16);
+        let v = values(&m);
+        assert!(v[..16].iter().all(|&x| x == 1.0) && v[16..].iter().all(|&x| x == 7.0));
+        // The strict restore of a resume still wants every tensor.
+        assert!(m.restore(&weights_of(5, 7.0)).is_err());
+    }
+
+    #[test]
+    fn weights_that_are_not_whole_top_layers_are_refused_and_change_nothing() {
+        let m = two_layers(1.0);
+        // A lower layer without the top one above it.
+        let err = m.restore_part(&weights_of(4, 7.0)).unwrap_err().to_string();
+        assert!(err.contains("layer 5"), "{err}");
+        // Part of a layer.
+        let mut part = weights_of(5, 7.0);
+        part.remove("encoder.layer.5.output.dense.bias");
+        assert!(m
+            .restore_part(&part)
+            .unwrap_err()
+            .to_string()
+            .contains("15 of layer 5"));
+        // A layer this part does not train, or nothing at all.
+        let mut alien = weights_of(5, 7.0);
+        alien.extend(weights_of(3, 7.0));
+        assert!(m
+            .restore_part(&alien)
+            .unwrap_err()
+            .to_string()
+            .contains("layer.3"));
+        assert!(m.restore_part(&HashMap::new()).is_err());
+        assert!(values(&m).iter().all(|&x| x == 1.0));
     }
 }

@@ -111,29 +111,12 @@ pub trait Trainable {
         }
         Ok(())
     }
-    /// Sets the variables that `named` holds and keeps the rest: weights of fewer top layers
-    /// than this part trains (a three-layer model fine-tuned with four), whose missing layers
-    /// stay at the base weights. A name this part lacks is an error, and so is no name at all.
+    /// Sets the variables from `named`, which may hold fewer of them where the part allows
+    /// it (see [`crate::train::bert::TopLayers`]); returns how many it set. By default the
+    /// whole part is wanted, as [`Trainable::restore`].
     fn restore_part(&self, named: &HashMap<String, Tensor>) -> candle_core::Result<usize> {
-        let names: Vec<String> = self.export()?.into_iter().map(|(n, _)| n).collect();
-        if let Some(extra) = named.keys().find(|n| !names.contains(n)) {
-            return Err(candle_core::Error::Msg(format!(
-                "weights hold {extra}, which the trained part lacks"
-            )));
-        }
-        let mut set = 0;
-        for (name, var) in names.iter().zip(self.vars()) {
-            if let Some(t) = named.get(name) {
-                var.set(t)?;
-                set += 1;
-            }
-        }
-        if set == 0 {
-            return Err(candle_core::Error::Msg(
-                "weights hold none of the trained part's tensors".into(),
-            ));
-        }
-        Ok(set)
+        self.restore(named)?;
+        Ok(self.vars().len())
     }
     /// Width of the token states.
     fn dim(&self) -> usize;
@@ -191,11 +174,6 @@ impl Trainable for Head {
             .ok_or_else(|| candle_core::Error::Msg("checkpoint lacks head.weight".into()))?;
         self.a
             .set(&w.sub(&Tensor::eye(self.dim, DType::F32, &cpu())?)?)
-    }
-
-    /// The head is one tensor: part of it is all of it.
-    fn restore_part(&self, named: &HashMap<String, Tensor>) -> candle_core::Result<usize> {
-        self.restore(named).map(|()| 1)
     }
 
     fn dim(&self) -> usize {
@@ -612,60 +590,6 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Two named vectors standing for two layers' weights.
-    struct TwoLayers(Vec<(String, Var)>);
-
-    impl Trainable for TwoLayers {
-        fn forward(&self, x: &Tensor, _: &Tensor) -> candle_core::Result<Tensor> {
-            Ok(x.clone())
-        }
-        fn vars(&self) -> Vec<Var> {
-            self.0.iter().map(|(_, v)| v.clone()).collect()
-        }
-        fn export(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
-            Ok(self
-                .0
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-                .collect())
-        }
-        fn dim(&self) -> usize {
-            2
-        }
-    }
-
-    #[test]
-    fn weights_of_fewer_layers_set_those_and_keep_the_rest() {
-        let var = |x: f32| Var::from_tensor(&Tensor::new(&[x, x], &cpu()).unwrap()).unwrap();
-        let m = TwoLayers(vec![
-            ("encoder.layer.4.w".into(), var(1.0)),
-            ("encoder.layer.5.w".into(), var(2.0)),
-        ]);
-        let top = |x: f32| Tensor::new(&[x, x], &cpu()).unwrap();
-        let named = HashMap::from([("encoder.layer.5.w".to_string(), top(7.0))]);
-        assert_eq!(m.restore_part(&named).unwrap(), 1);
-        let now: Vec<Vec<f32>> = m
-            .vars()
-            .iter()
-            .map(|v| v.as_tensor().to_vec1().unwrap())
-            .collect();
-        assert_eq!(now, vec![vec![1.0, 1.0], vec![7.0, 7.0]]);
-        // The strict restore (resume) still wants every tensor.
-        assert!(m.restore(&named).is_err());
-        // A tensor the part lacks, or none of its own, is refused and changes nothing.
-        let alien = HashMap::from([("encoder.layer.3.w".to_string(), top(9.0))]);
-        assert!(m
-            .restore_part(&alien)
-            .unwrap_err()
-            .to_string()
-            .contains("layer.3"));
-        assert!(m.restore_part(&HashMap::new()).is_err());
-        assert_eq!(
-            m.vars()[0].as_tensor().to_vec1::<f32>().unwrap(),
-            vec![1.0, 1.0]
-        );
-    }
 
     #[test]
     fn the_head_restores_in_part_as_in_whole() {
