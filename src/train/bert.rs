@@ -167,14 +167,16 @@ impl Trainable for TopLayers {
     /// Weights of whole top layers, fewer than this part trains (a three-layer model
     /// fine-tuned with four): those layers are set and the lower ones keep their weights.
     fn restore_part(&self, named: &HashMap<String, Tensor>) -> candle_core::Result<usize> {
-        let held = |l: usize| {
-            LAYER_WEIGHTS
-                .iter()
-                .filter(|w| named.contains_key(&format!("encoder.layer.{l}.{w}")))
-                .count()
-        };
-        let layers = self.first..self.first + self.n;
-        let own = layers.clone().map(held).sum::<usize>();
+        // How many of each trained layer's tensors the weights hold, bottom layer first.
+        let held: Vec<usize> = (self.first..self.first + self.n)
+            .map(|l| {
+                LAYER_WEIGHTS
+                    .iter()
+                    .filter(|w| named.contains_key(&format!("encoder.layer.{l}.{w}")))
+                    .count()
+            })
+            .collect();
+        let own: usize = held.iter().sum();
         if own < named.len() {
             let alien = named
                 .keys()
@@ -186,14 +188,14 @@ impl Trainable for TopLayers {
             );
         }
         // Whole layers, and the top ones: from the first layer held up to the last.
-        let from = layers.clone().find(|&l| held(l) > 0);
-        let Some(from) = from else {
+        let Some(from) = held.iter().position(|&h| h > 0) else {
             candle_core::bail!("the weights hold none of the top {} layers", self.n);
         };
-        if let Some(l) = (from..self.first + self.n).find(|&l| held(l) != LAYER_WEIGHTS.len()) {
+        if let Some(i) = (from..self.n).find(|&i| held[i] != LAYER_WEIGHTS.len()) {
             candle_core::bail!(
-                "the weights hold {} of layer {l}'s {} tensors; give whole top layers",
-                held(l),
+                "the weights hold {} of layer {}'s {} tensors; give whole top layers",
+                held[i],
+                self.first + i,
                 LAYER_WEIGHTS.len()
             );
         }
