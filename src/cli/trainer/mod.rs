@@ -1,5 +1,6 @@
 //! The `uwe-trainer` binary: one module per subcommand, each with its arguments.
 
+mod memory;
 mod mentions;
 mod merge;
 mod pseudo;

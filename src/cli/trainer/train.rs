@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::publish;
+use super::{memory, publish};
 use crate::model::{self, ModelDir, ScorerSpec};
 use crate::rank;
 use crate::train::head::{AttendTerm, Objective};
@@ -266,6 +266,9 @@ pub(crate) fn run(a: TrainArgs) -> anyhow::Result<()> {
         no_gate,
         seed,
     } = a;
+    if memory::keep_freed_memory() {
+        tracing::debug!("glibc: large blocks served from the heap and kept between steps");
+    }
     let (steps, lr) = match trained {
         train::Trained::Head => (steps.unwrap_or(2000), lr.unwrap_or(2e-3)),
         train::Trained::TopLayers(_) => (steps.unwrap_or(1150), lr.unwrap_or(1e-4)),
