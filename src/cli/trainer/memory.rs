@@ -2,12 +2,12 @@
 //!
 //! glibc serves every allocation above its mmap threshold (128 KiB at first, raised up to
 //! 32 MiB as mapped blocks are freed) with a fresh `mmap` and returns it with `munmap` on
-//! free. A training step allocates and frees gigabytes of such activations. The next step then faults every page in again, zeroed by the kernel:
-//! at `--batch 96` on 2 cores, 256,000 page faults a second and about 80% of the CPU in the
-//! kernel. Serving them from the heap instead lets each step reuse the memory the last one
-//! freed (BENCHMARKS, "Training speed: glibc's allocator"). The cost is that the process holds
-//! its peak until it exits: the heap is never trimmed. (A block too large for a thread's arena
-//! heap, 64 MiB, is still mapped on its own.)
+//! free. A training step allocates and frees gigabytes of such activations, so the next step
+//! faults every page in again, zeroed by the kernel: at `--batch 96` on 2 cores, 256,000 page
+//! faults a second and about 80% of the CPU in the kernel. Serving them from the heap instead
+//! lets each step reuse the memory the last one freed (BENCHMARKS, "Training speed: glibc's
+//! allocator"). The cost is that the process holds its peak until it exits: the heap is never
+//! trimmed. (A block too large for a thread's arena heap, 64 MiB, is still mapped on its own.)
 
 /// The variable whose presence means the user tuned glibc's allocator and is left alone.
 const USER_SETTING: &str = "MALLOC_MMAP_MAX_";
